@@ -1,0 +1,29 @@
+"""sparc-rl: continual reinforcement learning with SPARC recurrent policies on Stable-Baselines3."""
+
+from sparc_rl.cores import GRUCore, LSTMCore, RecurrentCore, SparcCore, make_core
+from sparc_rl.errors import CheckpointError, ConfigError, SpaceMismatchError, SparcError
+from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, OnlineEWC
+from sparc_rl.policies import CnnSparcPolicy, MinigridCNN, MlpSparcPolicy, SparcActorCriticPolicy
+from sparc_rl.ppo import SparcPPO
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BehaviourCloning",
+    "CheckpointError",
+    "CnnSparcPolicy",
+    "ConfigError",
+    "ContinualPlugin",
+    "GRUCore",
+    "LSTMCore",
+    "MinigridCNN",
+    "MlpSparcPolicy",
+    "OnlineEWC",
+    "RecurrentCore",
+    "SpaceMismatchError",
+    "SparcActorCriticPolicy",
+    "SparcCore",
+    "SparcError",
+    "SparcPPO",
+    "make_core",
+]

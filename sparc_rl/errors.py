@@ -1,0 +1,17 @@
+"""Errors meant for users: the CLI prints their message, without a traceback, and exits non-zero."""
+
+
+class SparcError(Exception):
+    """A user mistake (bad file, name, setting or checkpoint), with a message that says how to fix it."""
+
+
+class ConfigError(SparcError, ValueError):
+    """A setting, curriculum or agent file is invalid."""
+
+
+class CheckpointError(SparcError):
+    """A checkpoint cannot be loaded."""
+
+
+class SpaceMismatchError(SparcError, ValueError):
+    """A policy and an environment disagree on observation or action spaces."""

@@ -1,0 +1,124 @@
+"""Continual-learning plugins: hooks on :class:`sparc_rl.ppo.SparcPPO`, the maths in pure functions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch as th
+from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from sparc_rl.buffers import SequenceBatch
+    from sparc_rl.ppo import SparcPPO
+
+
+class ContinualPlugin:
+    """Base class: override the hooks a method needs.
+
+    ``on_task_start`` / ``on_task_end`` are called by :meth:`SparcPPO.start_task` /
+    :meth:`SparcPPO.end_task`; ``auxiliary_loss`` is added to the PPO loss of every minibatch.
+    """
+
+    def on_task_start(self, model: SparcPPO, task: str) -> None:
+        """A new task begins."""
+
+    def on_task_end(self, model: SparcPPO, task: str) -> None:
+        """The current task ends (after consolidation)."""
+
+    def auxiliary_loss(self, model: SparcPPO, batch: SequenceBatch) -> th.Tensor | None:
+        """Extra loss for this minibatch, or ``None``."""
+        return None
+
+
+def ewc_penalty(
+    params: dict[str, th.Tensor], anchors: dict[str, th.Tensor], fisher: dict[str, th.Tensor]
+) -> th.Tensor:
+    """Elastic weight consolidation: ``sum_i F_i (theta_i - theta*_i)^2``."""
+    total = th.zeros(())
+    for name, anchor in anchors.items():
+        total = total + (fisher[name] * (params[name] - anchor).pow(2)).sum()
+    return total
+
+
+def online_fisher_update(
+    old: dict[str, th.Tensor] | None, new: dict[str, th.Tensor], decay: float
+) -> dict[str, th.Tensor]:
+    """Online EWC (Schwarz et al., 2018): ``F <- decay * F_old + F_new``."""
+    if old is None:
+        return {name: value.clone() for name, value in new.items()}
+    return {name: decay * old[name] + value for name, value in new.items()}
+
+
+class OnlineEWC(ContinualPlugin):
+    """Online EWC on all trainable policy parameters, Fisher from the last rollout's log-probs.
+
+    :param strength: weight of the penalty
+    :param decay: decay of older tasks' Fisher information
+    """
+
+    def __init__(self, strength: float = 100.0, decay: float = 0.9) -> None:
+        self.strength = strength
+        self.decay = decay
+        self.fisher: dict[str, th.Tensor] | None = None
+        self.anchors: dict[str, th.Tensor] = {}
+
+    def on_task_end(self, model: SparcPPO, task: str) -> None:
+        policy = model.policy
+        grads = {n: th.zeros_like(p) for n, p in policy.named_parameters() if p.requires_grad}
+        batches = 0
+        for batch in model.rollout_buffer.get_sequences(model.batch_size, model.seq_len):
+            actions = batch.actions.long().flatten() if model.discrete_actions else batch.actions
+            _, log_prob, _ = policy.evaluate_sequences(batch.observations, actions, batch.states, batch.episode_starts)
+            policy.zero_grad()
+            log_prob.mean().backward()
+            for name, param in policy.named_parameters():
+                if name in grads and param.grad is not None:
+                    grads[name] += param.grad.detach().pow(2)
+            batches += 1
+        policy.zero_grad()
+        new = {name: g / max(batches, 1) for name, g in grads.items()}
+        self.fisher = online_fisher_update(self.fisher, new, self.decay)
+        self.anchors = {n: p.detach().clone() for n, p in policy.named_parameters() if n in new}
+
+    def auxiliary_loss(self, model: SparcPPO, batch: SequenceBatch) -> th.Tensor | None:
+        if self.fisher is None:
+            return None
+        params = dict(model.policy.named_parameters())
+        return self.strength * ewc_penalty(params, self.anchors, self.fisher)
+
+
+def distillation_loss(student_logits: th.Tensor, teacher_logits: th.Tensor) -> th.Tensor:
+    """KL(teacher || student) between categorical policies given by logits, averaged over samples."""
+    teacher = F.log_softmax(teacher_logits, dim=-1)
+    student = F.log_softmax(student_logits, dim=-1)
+    return (teacher.exp() * (teacher - student)).sum(-1).mean()
+
+
+class BehaviourCloning(ContinualPlugin):
+    """Rehearsal in the style of ClonEx / CLEAR: store old-task observations with the policy's
+    outputs at the end of that task, and distil them into the current policy.
+
+    :param strength: weight of the distillation loss
+    :param chunks_per_task: sequence chunks kept from each finished task
+    """
+
+    def __init__(self, strength: float = 1.0, chunks_per_task: int = 64) -> None:
+        self.strength = strength
+        self.chunks_per_task = chunks_per_task
+        self.memory: list[tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]] = []
+
+    def on_task_end(self, model: SparcPPO, task: str) -> None:
+        policy = model.policy
+        batch = next(model.rollout_buffer.get_sequences(self.chunks_per_task * model.seq_len, model.seq_len))
+        with th.no_grad():
+            logits = policy.action_logits_sequences(batch.observations, batch.states, batch.episode_starts)
+        self.memory.append((batch.observations, batch.states, batch.episode_starts, logits))
+
+    def auxiliary_loss(self, model: SparcPPO, batch: SequenceBatch) -> th.Tensor | None:
+        if not self.memory:
+            return None
+        losses = []
+        for observations, states, starts, teacher in self.memory:
+            student = model.policy.action_logits_sequences(observations, states, starts)
+            losses.append(distillation_loss(student, teacher))
+        return self.strength * th.stack(losses).mean()

@@ -1,0 +1,308 @@
+"""Recurrent actor-critic policies with SPARC (or LSTM / GRU) cores for actor and critic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+from torch import nn
+
+from sparc_rl.cores import RecurrentCore, make_core
+from sparc_rl.errors import ConfigError
+
+
+class MinigridCNN(BaseFeaturesExtractor):
+    """Small CNN for MiniGrid's egocentric 7x7x3 (channels-first after SB3's transpose) grids.
+
+    SB3's ``NatureCNN`` needs at least 36x36 inputs; this one uses 2x2 kernels.
+
+    :param observation_space: an image ``Box`` of shape ``(3, H, W)``
+    :param features_dim: output size
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 64) -> None:
+        super().__init__(observation_space, features_dim)
+        channels = observation_space.shape[0]
+        self.cnn = nn.Sequential(
+            nn.Conv2d(channels, 16, 2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with th.no_grad():
+            n_flat = self.cnn(th.zeros(1, *observation_space.shape)).shape[1]
+        self.linear = nn.Sequential(nn.Linear(n_flat, features_dim), nn.ReLU())
+
+    def forward(self, observations: th.Tensor) -> th.Tensor:
+        return self.linear(self.cnn(observations))
+
+
+class SparcActorCriticPolicy(ActorCriticPolicy):
+    """Actor-critic policy whose actor and critic each run a recurrent core on the features.
+
+    The recurrent state handed around is one array ``(n_envs, state_size)``: the actor core's state
+    followed by the critic core's. ``predict`` returns it too, so it can be passed back in.
+
+    :param observation_space: observation space
+    :param action_space: action space
+    :param lr_schedule: learning-rate schedule
+    :param core: ``"sparc"`` (default), ``"lstm"`` or ``"gru"``
+    :param hidden_size: output size of each core
+    :param n_slots: memory slots of a SPARC core (ignored by other cores)
+    :param core_kwargs: further settings of the core (see :class:`sparc_rl.cores.SparcCore`)
+    :param protect_on_consolidate: freeze the features extractor and the action and value heads at
+        the first consolidation, so what memory slots return keeps meaning the same action later
+    :param net_arch: MLP layers after the core (default: none, the heads read the core directly)
+    :param kwargs: the rest of ``ActorCriticPolicy``'s arguments
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        core: str = "sparc",
+        hidden_size: int = 64,
+        n_slots: int = 4,
+        core_kwargs: dict[str, Any] | None = None,
+        protect_on_consolidate: bool = True,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        features_extractor_class: type[BaseFeaturesExtractor] = FlattenExtractor,
+        **kwargs: Any,
+    ) -> None:
+        self.core_name = core
+        self.hidden_size = hidden_size
+        self.n_slots = n_slots
+        self.core_kwargs = dict(core_kwargs or {})
+        self.protect_on_consolidate = protect_on_consolidate
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch=net_arch if net_arch is not None else [],
+            features_extractor_class=features_extractor_class,
+            **kwargs,
+        )
+        self.register_buffer("shared_protected", th.zeros((), dtype=th.bool))
+
+    # -- building ------------------------------------------------------------------------------
+    def _make_core(self) -> RecurrentCore:
+        kwargs = dict(self.core_kwargs)
+        if self.core_name == "sparc":
+            kwargs.setdefault("n_slots", self.n_slots)
+        return make_core(self.core_name, self.features_dim, self.hidden_size, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        if not self.share_features_extractor:
+            raise ConfigError("SPARC policies share one features extractor; drop share_features_extractor=False.")
+        self.actor_core = self._make_core()
+        self.critic_core = self._make_core()
+        features_dim, self.features_dim = self.features_dim, self.hidden_size
+        super()._build_mlp_extractor()
+        self.features_dim = features_dim
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            core=self.core_name,
+            hidden_size=self.hidden_size,
+            n_slots=self.n_slots,
+            core_kwargs=self.core_kwargs,
+            protect_on_consolidate=self.protect_on_consolidate,
+        )
+        return data
+
+    @property
+    def actor_state_size(self) -> int:
+        return self.actor_core.state_size
+
+    @property
+    def state_size(self) -> int:
+        """Size of the full recurrent state (actor then critic)."""
+        return self.actor_core.state_size + self.critic_core.state_size
+
+    def initial_state(self, n_envs: int) -> th.Tensor:
+        return th.zeros(n_envs, self.state_size, device=self.device)
+
+    # -- acting --------------------------------------------------------------------------------
+    def _split_state(self, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        return state[:, : self.actor_state_size], state[:, self.actor_state_size :]
+
+    def forward_step(
+        self, obs: PyTorchObs, state: th.Tensor, episode_start: th.Tensor, deterministic: bool = False
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
+        """One step for ``n_envs`` envs: actions, values, log-probs and the new state."""
+        features = self.extract_features(obs, self.features_extractor)
+        state = state * (1.0 - episode_start).unsqueeze(-1)
+        actor_state, critic_state = self._split_state(state)
+        latent_pi, actor_state = self.actor_core.step(features, actor_state)
+        latent_vf, critic_state = self.critic_core.step(features, critic_state)
+        latent_pi = self.mlp_extractor.forward_actor(latent_pi)
+        latent_vf = self.mlp_extractor.forward_critic(latent_vf)
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        values = self.value_net(latent_vf)
+        actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        return actions, values, log_prob, th.cat([actor_state, critic_state], dim=1)
+
+    def predict_values_step(self, obs: PyTorchObs, state: th.Tensor, episode_start: th.Tensor) -> th.Tensor:
+        """Critic value of ``obs`` given the state before it."""
+        features = self.extract_features(obs, self.features_extractor)
+        critic_state = self._split_state(state * (1.0 - episode_start).unsqueeze(-1))[1]
+        latent_vf, _ = self.critic_core.step(features, critic_state)
+        return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
+
+    def act_step(
+        self, obs: PyTorchObs, state: th.Tensor, episode_start: th.Tensor, deterministic: bool = False
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """Actions and new state, running the actor only (the critic part of the state is kept)."""
+        features = self.extract_features(obs, self.features_extractor)
+        state = state * (1.0 - episode_start).unsqueeze(-1)
+        actor_state, critic_state = self._split_state(state)
+        latent_pi, actor_state = self.actor_core.step(features, actor_state)
+        distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
+        actions = distribution.get_actions(deterministic=deterministic)
+        return actions, th.cat([actor_state, critic_state], dim=1)
+
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: np.ndarray | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Action(s) for an observation (single or batched) and the next recurrent state.
+
+        :param observation: observation, or a batch of them from a VecEnv
+        :param state: state returned by the previous call (``None`` at the start)
+        :param episode_start: per env, whether the observation starts a new episode
+        :param deterministic: take the most likely action
+        :return: actions and the new state, ``(n_envs, state_size)``
+        """
+        self.set_training_mode(False)
+        obs_tensor, vectorized = self.obs_to_tensor(observation)
+        n_envs = (obs_tensor[next(iter(obs_tensor))] if isinstance(obs_tensor, dict) else obs_tensor).shape[0]
+        if state is None:
+            state_tensor = self.initial_state(n_envs)
+        else:
+            state_tensor = th.as_tensor(np.asarray(state), dtype=th.float32, device=self.device).reshape(
+                n_envs, -1
+            )
+            if state_tensor.shape[1] != self.state_size:
+                raise ValueError(
+                    f"state has {state_tensor.shape[1]} values per env, this policy needs {self.state_size}: "
+                    "pass the state returned by the previous predict() call, or None to start."
+                )
+        starts = np.zeros(n_envs) if episode_start is None else np.asarray(episode_start, dtype=np.float32)
+        start_tensor = th.as_tensor(starts, dtype=th.float32, device=self.device).reshape(n_envs)
+        with th.no_grad():
+            actions_tensor, new_state = self.act_step(obs_tensor, state_tensor, start_tensor, deterministic)
+        actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        if isinstance(self.action_space, spaces.Box):
+            if self.squash_output:
+                actions = self.unscale_action(actions)
+            else:
+                actions = np.clip(actions, self.action_space.low, self.action_space.high)
+        if not vectorized:
+            actions = actions.squeeze(axis=0)
+        return actions, new_state.cpu().numpy()
+
+    # -- training ------------------------------------------------------------------------------
+    def evaluate_sequences(
+        self, obs: PyTorchObs, actions: th.Tensor, state: th.Tensor, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
+        """Values, log-probs and entropy of ``actions`` along a batch of sequences.
+
+        :param obs: observations in time-major order, ``(time * batch, ...)``
+        :param actions: actions in the same order
+        :param state: state before the first step of each sequence, ``(batch, state_size)``
+        :param episode_starts: ``(time, batch)``
+        """
+        features = self.extract_features(obs, self.features_extractor)
+        steps, batch = episode_starts.shape
+        features = features.reshape(steps, batch, -1)
+        actor_state, critic_state = self._split_state(state)
+        latent_pi, _ = self.actor_core.unroll(features, actor_state, episode_starts)
+        latent_vf, _ = self.critic_core.unroll(features, critic_state, episode_starts)
+        latent_pi = self.mlp_extractor.forward_actor(latent_pi.reshape(steps * batch, -1))
+        latent_vf = self.mlp_extractor.forward_critic(latent_vf.reshape(steps * batch, -1))
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
+
+    def action_logits_sequences(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+        """Actor output before the distribution (logits or mean), time-major, for distillation."""
+        features = self.extract_features(obs, self.features_extractor)
+        steps, batch = episode_starts.shape
+        latent_pi, _ = self.actor_core.unroll(
+            features.reshape(steps, batch, -1), self._split_state(state)[0], episode_starts
+        )
+        return self.action_net(self.mlp_extractor.forward_actor(latent_pi.reshape(steps * batch, -1)))
+
+    # -- continual learning --------------------------------------------------------------------
+    @th.no_grad()
+    def consolidate(self, obs: PyTorchObs, episode_starts: th.Tensor) -> None:
+        """Write the current skill into the memory of both cores, then protect the shared parts.
+
+        :param obs: observations of the current task, time-major ``(time * n_envs, ...)``
+        :param episode_starts: ``(time, n_envs)``
+        """
+        features = self.extract_features(obs, self.features_extractor)
+        features = features.reshape(*episode_starts.shape, -1)
+        self.actor_core.consolidate(features, episode_starts)
+        self.critic_core.consolidate(features, episode_starts)
+        if self.protect_on_consolidate and self.core_name == "sparc":
+            self.shared_protected.fill_(True)
+            self._apply_protection()
+
+    def _apply_protection(self) -> None:
+        if bool(self.shared_protected):
+            for module in (self.features_extractor, self.action_net, self.value_net):
+                module.requires_grad_(False)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._apply_protection()
+        return result
+
+    def diagnostics(self) -> dict[str, float]:
+        """SPARC internals of the actor core (gate mean, router entropy, slot usage)."""
+        return self.actor_core.diagnostics()
+
+
+class MlpSparcPolicy(SparcActorCriticPolicy):
+    """SPARC policy on flat (vector) observations."""
+
+
+class CnnSparcPolicy(SparcActorCriticPolicy):
+    """SPARC policy on small image grids such as MiniGrid's 7x7x3 views (see :class:`MinigridCNN`).
+
+    Images are not divided by 255 by default: MiniGrid cells hold small category indices.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        features_extractor_class: type[BaseFeaturesExtractor] = MinigridCNN,
+        normalize_images: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            observation_space,
+            action_space,
+            lr_schedule,
+            features_extractor_class=features_extractor_class,
+            normalize_images=normalize_images,
+            **kwargs,
+        )

@@ -1,0 +1,330 @@
+"""SparcPPO: PPO for recurrent cores, trained on truncated-BPTT chunks unrolled together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+from torch.nn import functional as F
+
+from sparc_rl.buffers import RecurrentRolloutBuffer
+from sparc_rl.errors import ConfigError
+from sparc_rl.plugins import ContinualPlugin
+from sparc_rl.policies import CnnSparcPolicy, MlpSparcPolicy, SparcActorCriticPolicy
+
+SelfSparcPPO = TypeVar("SelfSparcPPO", bound="SparcPPO")
+
+
+class SparcPPO(PPO):
+    """Proximal Policy Optimization with a recurrent (SPARC, LSTM or GRU) actor-critic.
+
+    Rollouts store each step's recurrent state; training cuts every env's trajectory into chunks of
+    ``seq_len`` steps and unrolls all chunks of a minibatch together from their stored states
+    (episode starts inside a chunk reset the state by masking).
+
+    Continual learning: :meth:`start_task`, :meth:`end_task` and :meth:`consolidate`, plus
+    ``plugins`` (:class:`sparc_rl.plugins.ContinualPlugin`) whose hooks run at task boundaries and
+    whose auxiliary losses join every minibatch.
+
+    :param policy: ``"MlpSparcPolicy"``, ``"CnnSparcPolicy"`` or a policy class
+    :param env: environment or its registered id
+    :param seq_len: steps per training chunk (divides ``n_steps``; ``batch_size`` is a multiple of it)
+    :param plugins: continual-learning plugins
+    :param kwargs: as :class:`stable_baselines3.PPO` (``n_steps``, ``batch_size``, ``n_epochs``, ...)
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {  # type: ignore[assignment]
+        "MlpSparcPolicy": MlpSparcPolicy,
+        "CnnSparcPolicy": CnnSparcPolicy,
+    }
+    policy: SparcActorCriticPolicy
+    rollout_buffer: RecurrentRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[SparcActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 128,
+        batch_size: int = 256,
+        n_epochs: int = 4,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | Schedule | None = None,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.01,
+        vf_coef: float = 0.5,
+        max_grad_norm: float = 0.5,
+        seq_len: int = 16,
+        plugins: Sequence[ContinualPlugin] = (),
+        target_kl: float | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "cpu",
+        _init_setup_model: bool = True,
+    ) -> None:
+        if seq_len <= 0 or n_steps % seq_len != 0:
+            raise ConfigError(f"seq_len ({seq_len}) must be positive and divide n_steps ({n_steps}).")
+        if batch_size % seq_len != 0:
+            raise ConfigError(f"batch_size ({batch_size}) must be a multiple of seq_len ({seq_len}).")
+        self.seq_len = seq_len
+        self.plugins = list(plugins)
+        self.current_task: str | None = None
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            n_epochs=n_epochs,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            clip_range=clip_range,
+            clip_range_vf=clip_range_vf,
+            normalize_advantage=normalize_advantage,
+            ent_coef=ent_coef,
+            vf_coef=vf_coef,
+            max_grad_norm=max_grad_norm,
+            target_kl=target_kl,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=_init_setup_model,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_last_state"]
+
+    @property
+    def discrete_actions(self) -> bool:
+        return isinstance(self.action_space, spaces.Discrete)
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        try:
+            self.policy = self.policy_class(  # type: ignore[assignment]
+                self.observation_space, self.action_space, self.lr_schedule, **self.policy_kwargs
+            )
+        except TypeError as error:
+            raise ConfigError(f"Invalid policy_kwargs {sorted(self.policy_kwargs)}: {error}.") from None
+        self.policy = self.policy.to(self.device)
+        self.rollout_buffer = RecurrentRolloutBuffer(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            state_size=self.policy.state_size,
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None:
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+        self._last_state = self.policy.initial_state(self.n_envs)
+
+    def _setup_learn(self, total_timesteps: int, callback: Any = None, reset_num_timesteps: bool = True,
+                     tb_log_name: str = "run", progress_bar: bool = False) -> tuple[int, BaseCallback]:
+        previous_obs = self._last_obs
+        result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
+        if self._last_obs is not previous_obs:  # the env was reset: so is the recurrent state
+            self._last_state = self.policy.initial_state(self.n_envs)
+        return result
+
+    # -- rollouts ------------------------------------------------------------------------------
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RecurrentRolloutBuffer, n_rollout_steps: int
+    ) -> bool:  # type: ignore[override]
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        n_steps = 0
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        state = self._last_state
+        while n_steps < n_rollout_steps:
+            starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
+            with th.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                actions, values, log_probs, new_state = self.policy.forward_step(obs_tensor, state, starts)
+            actions_np = actions.cpu().numpy()
+            clipped = actions_np
+            if isinstance(self.action_space, spaces.Box):
+                clipped = np.clip(actions_np, self.action_space.low, self.action_space.high)
+            new_obs, rewards, dones, infos = env.step(clipped)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                self._last_state = new_state
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            if self.discrete_actions:
+                actions_np = actions_np.reshape(-1, 1)
+            for idx, done in enumerate(dones):
+                if done and infos[idx].get("terminal_observation") is not None and infos[idx].get(
+                    "TimeLimit.truncated", False
+                ):
+                    terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with th.no_grad():
+                        terminal_value = self.policy.predict_values_step(
+                            terminal_obs, new_state[idx : idx + 1], th.zeros(1, device=self.device)
+                        )[0]
+                    rewards[idx] += self.gamma * float(terminal_value)
+            rollout_buffer.add_state(state)
+            rollout_buffer.add(
+                self._last_obs, actions_np, rewards, self._last_episode_starts, values, log_probs  # type: ignore[arg-type]
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+            state = new_state
+        self._last_state = state
+        with th.no_grad():
+            starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
+            values = self.policy.predict_values_step(obs_as_tensor(new_obs, self.device), state, starts)  # type: ignore[arg-type]
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    # -- training ------------------------------------------------------------------------------
+    def train(self) -> None:
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = None
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+
+        entropy_losses, pg_losses, value_losses, aux_losses, clip_fractions = [], [], [], [], []
+        approx_kl_divs: list[float] = []
+        continue_training = True
+        loss = th.zeros(())
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for batch in self.rollout_buffer.get_sequences(self.batch_size, self.seq_len):
+                actions = batch.actions.long().flatten() if self.discrete_actions else batch.actions
+                values, log_prob, entropy = self.policy.evaluate_sequences(
+                    batch.observations, actions, batch.states, batch.episode_starts
+                )
+                values = values.flatten()
+                advantages = batch.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                ratio = th.exp(log_prob - batch.old_log_prob)
+                policy_loss = -th.min(
+                    advantages * ratio, advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                ).mean()
+                pg_losses.append(policy_loss.item())
+                clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                if clip_range_vf is None:
+                    values_pred = values
+                else:
+                    values_pred = batch.old_values + th.clamp(values - batch.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = F.mse_loss(batch.returns, values_pred)
+                value_losses.append(value_loss.item())
+                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+                entropy_losses.append(entropy_loss.item())
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                for plugin in self.plugins:
+                    extra = plugin.auxiliary_loss(self, batch)
+                    if extra is not None:
+                        aux_losses.append(extra.item())
+                        loss = loss + extra
+
+                with th.no_grad():
+                    log_ratio = log_prob - batch.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).item()
+                    approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    break
+                if not th.isfinite(loss):
+                    raise FloatingPointError(
+                        f"Non-finite PPO loss ({loss.item()}) at update {self._n_updates}: lower the learning "
+                        "rate or check the environment's rewards and observations for NaN/inf."
+                    )
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        if aux_losses:
+            self.logger.record("train/auxiliary_loss", np.mean(aux_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        for name, value in self.policy.diagnostics().items():
+            self.logger.record(f"sparc/{name}", value)
+
+    # -- inference -----------------------------------------------------------------------------
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: np.ndarray | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As sb3-contrib's ``RecurrentPPO.predict``: returns ``(action, state)``; pass the state back in."""
+        return self.policy.predict(observation, state, episode_start, deterministic)
+
+    # -- continual learning --------------------------------------------------------------------
+    def start_task(self, task: str) -> None:
+        """Announce a new task (the *detect* stage when boundaries are announced)."""
+        self.current_task = task
+        for plugin in self.plugins:
+            plugin.on_task_start(self, task)
+
+    def end_task(self, consolidate: bool = True) -> None:
+        """Close the current task: consolidate its skill into memory, then run the plugins' hooks."""
+        if consolidate:
+            self.consolidate()
+        for plugin in self.plugins:
+            plugin.on_task_end(self, self.current_task or "")
+
+    def consolidate(self) -> None:
+        """Write the skill of the last rollout's task into a protected memory slot, then restore
+        plasticity (shrink-and-perturb of the plastic path). Needs at least one collected rollout."""
+        buffer = self.rollout_buffer
+        if not buffer.full:
+            raise RuntimeError("consolidate() needs a collected rollout of the current task: call learn() first.")
+        obs = buffer.time_major_tensor(buffer.observations)
+        starts = buffer.to_torch(buffer.episode_starts)
+        self.policy.consolidate(obs, starts)
+
+    def learn(  # type: ignore[override]
+        self: SelfSparcPPO,
+        total_timesteps: int,
+        callback: Any = None,
+        log_interval: int = 1,
+        tb_log_name: str = "SparcPPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfSparcPPO:
+        return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
