@@ -27,3 +27,7 @@ __all__ = [
     "SparcPPO",
     "make_core",
 ]
+
+from sparc_rl.envs import register_envs as _register_envs  # noqa: E402
+
+_register_envs()

@@ -181,7 +181,9 @@ class SparcCore(RecurrentCore):
         self.register_buffer("slot_usage", th.zeros(k))
         self.register_buffer("n_filled", th.zeros((), dtype=th.long))
         self.register_buffer("n_consolidations", th.zeros((), dtype=th.long))
-        self._stats: dict[str, float] = {}
+        self._gate_sum = 0.0
+        self._entropy_sum = 0.0
+        self._steps_seen = 0
 
     # -- state helpers -------------------------------------------------------------------------
     def _split(self, state: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
@@ -250,10 +252,9 @@ class SparcCore(RecurrentCore):
 
         if not th.is_grad_enabled():  # acting, not training: keep usage statistics for logs
             self.slot_usage[:n] += attention.sum(0)
-            self._stats = {
-                "gate_mean": float(gate.mean()),
-                "router_entropy": float(-(attention * attention.clamp_min(1e-8).log()).sum(1).mean()),
-            }
+            self._gate_sum += float(gate.mean())
+            self._entropy_sum += float(-(attention * attention.clamp_min(1e-8).log()).sum(1).mean())
+            self._steps_seen += 1
         if n < self.n_slots:
             slot_new = th.cat([slot_new, slots[:, n:]], dim=1)
         new_state = th.cat([plastic_new, slot_new.reshape(x.shape[0], -1), context, weight], dim=1)
@@ -332,13 +333,18 @@ class SparcCore(RecurrentCore):
             param.mul_(self.shrink).add_(self.perturb * th.randn_like(param))
 
     def diagnostics(self) -> dict[str, float]:
+        """Slot usage shares, and the gate mean and router entropy averaged over the acting steps
+        since the last call (the averages restart at every call)."""
         n = int(self.n_filled)
         stats = {"slots_filled": float(n), "consolidations": float(self.n_consolidations)}
         if n:
             usage = self.slot_usage[:n] / self.slot_usage[:n].sum().clamp_min(1e-8)
             for i, share in enumerate(usage.tolist()):
                 stats[f"slot_usage/{i}"] = share
-        stats.update(self._stats)
+        if self._steps_seen:
+            stats["gate_mean"] = self._gate_sum / self._steps_seen
+            stats["router_entropy"] = self._entropy_sum / self._steps_seen
+        self._gate_sum, self._entropy_sum, self._steps_seen = 0.0, 0.0, 0
         return stats
 
 

@@ -1,0 +1,136 @@
+"""Agent presets as data: which algorithm, core, settings and continual plugins an agent uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+
+from sparc_rl.config import builtin_names, check_keys, read_yaml_mapping, resolve_file
+from sparc_rl.errors import ConfigError
+from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, OnlineEWC
+from sparc_rl.policies import MinigridCNN
+
+ALGORITHMS = ("sparc-ppo", "recurrent-ppo")
+PLUGINS: dict[str, type[ContinualPlugin]] = {"ewc": OnlineEWC, "behaviour-cloning": BehaviourCloning}
+AGENT_KEYS = {"name", "description", "algorithm", "policy", "policy_kwargs", "algorithm_kwargs", "plugins",
+              "n_envs", "consolidate"}
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent preset.
+
+    :param algorithm: ``sparc-ppo`` or ``recurrent-ppo`` (sb3-contrib's, the external anchor)
+    :param policy: a policy alias, or ``auto``: the CNN policy for image observations, else the MLP one
+    :param policy_kwargs: passed to the policy (core, hidden size, slots, ...)
+    :param algorithm_kwargs: passed to the algorithm (n_steps, batch_size, learning rate, ...)
+    :param plugins: continual plugins by name with kwargs (``ewc``, ``behaviour-cloning``)
+    :param n_envs: parallel training envs
+    :param consolidate: consolidate into memory at announced task ends
+    """
+
+    name: str
+    description: str = ""
+    algorithm: str = "sparc-ppo"
+    policy: str = "auto"
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[tuple[str, dict[str, Any]], ...] = ()
+    n_envs: int = 8
+    consolidate: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "algorithm": self.algorithm,
+            "policy": self.policy,
+            "policy_kwargs": self.policy_kwargs,
+            "algorithm_kwargs": self.algorithm_kwargs,
+            "plugins": [{"name": name, "kwargs": kwargs} for name, kwargs in self.plugins],
+            "n_envs": self.n_envs,
+            "consolidate": self.consolidate,
+        }
+
+    def _policy_for(self, observation_space: spaces.Space) -> tuple[str, dict[str, Any]]:
+        is_image = (
+            isinstance(observation_space, spaces.Box)
+            and len(observation_space.shape) == 3
+            and observation_space.dtype == np.uint8
+        )
+        kwargs = dict(self.policy_kwargs)
+        if self.algorithm == "recurrent-ppo":
+            if self.policy != "auto":
+                return self.policy, kwargs
+            if is_image:
+                kwargs.setdefault("features_extractor_class", MinigridCNN)
+                kwargs.setdefault("normalize_images", False)
+                return "CnnLstmPolicy", kwargs
+            return "MlpLstmPolicy", kwargs
+        if self.policy != "auto":
+            return self.policy, kwargs
+        return ("CnnSparcPolicy" if is_image else "MlpSparcPolicy"), kwargs
+
+    def build(self, env: VecEnv, seed: int, tensorboard_log: str | None = None) -> BaseAlgorithm:
+        """Create the model for ``env``."""
+        policy, policy_kwargs = self._policy_for(env.observation_space)
+        if self.algorithm == "recurrent-ppo":
+            from sb3_contrib import RecurrentPPO
+
+            return RecurrentPPO(policy, env, seed=seed, policy_kwargs=policy_kwargs, device="cpu",
+                                tensorboard_log=tensorboard_log, **self.algorithm_kwargs)
+        from sparc_rl.ppo import SparcPPO
+
+        plugins = [PLUGINS[name](**kwargs) for name, kwargs in self.plugins]
+        return SparcPPO(policy, env, seed=seed, policy_kwargs=policy_kwargs, plugins=plugins,
+                        tensorboard_log=tensorboard_log, **self.algorithm_kwargs)
+
+
+def list_agents() -> list[str]:
+    return builtin_names("agents")
+
+
+def load_agent(name_or_path: str | Path) -> AgentSpec:
+    """Load a built-in agent preset by name or a YAML file by path, validated."""
+    path = resolve_file(name_or_path, "agents", "agent")
+    return parse_agent(read_yaml_mapping(path, "Agent"), str(path))
+
+
+def parse_agent(data: dict[str, Any], source: str = "<dict>") -> AgentSpec:
+    where = f"Agent {source}"
+    check_keys(data, AGENT_KEYS, {"name"}, where)
+    algorithm = data.get("algorithm", "sparc-ppo")
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"{where}: 'algorithm' must be one of {list(ALGORITHMS)}, got {algorithm!r}.")
+    for key in ("policy_kwargs", "algorithm_kwargs"):
+        if not isinstance(data.get(key, {}), dict):
+            raise ConfigError(f"{where}: {key!r} must be a mapping.")
+    plugins = []
+    for entry in data.get("plugins") or []:
+        name = entry if isinstance(entry, str) else entry.get("name") if isinstance(entry, dict) else None
+        if name not in PLUGINS:
+            raise ConfigError(f"{where}: unknown plugin {entry!r}; choose from {sorted(PLUGINS)}.")
+        kwargs = entry.get("kwargs", {}) if isinstance(entry, dict) else {}
+        plugins.append((name, dict(kwargs)))
+    if plugins and algorithm != "sparc-ppo":
+        raise ConfigError(f"{where}: plugins need algorithm 'sparc-ppo'.")
+    n_envs = data.get("n_envs", 8)
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs <= 0:
+        raise ConfigError(f"{where}: 'n_envs' must be a positive integer, got {n_envs!r}.")
+    return AgentSpec(
+        name=str(data["name"]),
+        description=str(data.get("description", "")),
+        algorithm=algorithm,
+        policy=str(data.get("policy", "auto")),
+        policy_kwargs=dict(data.get("policy_kwargs") or {}),
+        algorithm_kwargs=dict(data.get("algorithm_kwargs") or {}),
+        plugins=tuple(plugins),
+        n_envs=n_envs,
+        consolidate=bool(data.get("consolidate", True)),
+    )

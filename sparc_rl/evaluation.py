@@ -1,0 +1,82 @@
+"""Evaluate a recurrent model on every task of a curriculum, episodes run side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from sparc_rl.curriculum import Curriculum, TaskSpec
+
+
+class RecurrentPredictor(Protocol):
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, Any]: ...
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """Result of evaluating one task: success rate (the score) and mean return."""
+
+    success_rate: float
+    mean_return: float
+    episodes: int
+
+
+def evaluate_task(
+    model: RecurrentPredictor,
+    task: TaskSpec,
+    n_episodes: int,
+    seed: int,
+    deterministic: bool = True,
+    max_parallel: int = 10,
+) -> TaskScore:
+    """Run exactly ``n_episodes`` episodes, up to ``max_parallel`` at a time, each env doing its quota
+    (so short episodes are not over-counted). The recurrent state is reset at every episode start.
+
+    An episode succeeds when its final ``info["is_success"]`` is true.
+    """
+    n_envs = min(n_episodes, max_parallel)
+    quotas = np.full(n_envs, n_episodes // n_envs)
+    quotas[: n_episodes % n_envs] += 1
+    env = DummyVecEnv([task.make_env for _ in range(n_envs)])
+    env.seed(seed)
+    try:
+        obs = env.reset()
+        state = None
+        starts = np.ones(n_envs, dtype=bool)
+        done_counts = np.zeros(n_envs, dtype=int)
+        returns = np.zeros(n_envs)
+        successes: list[float] = []
+        episode_returns: list[float] = []
+        while (done_counts < quotas).any():
+            actions, state = model.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
+            obs, rewards, dones, infos = env.step(actions)
+            returns += rewards
+            for i in np.flatnonzero(dones):
+                if done_counts[i] < quotas[i]:
+                    successes.append(float(bool(infos[i].get("is_success", False))))
+                    episode_returns.append(float(returns[i]))
+                    done_counts[i] += 1
+                returns[i] = 0.0
+            starts = dones
+    finally:
+        env.close()
+    return TaskScore(float(np.mean(successes)), float(np.mean(episode_returns)), len(successes))
+
+
+def evaluate_curriculum(
+    model: RecurrentPredictor, curriculum: Curriculum, n_episodes: int, seed: int, deterministic: bool = True
+) -> dict[str, TaskScore]:
+    """Score every task (past, current and future) with fixed seeds per task."""
+    return {
+        task.name: evaluate_task(model, task, n_episodes, seed + 1000 * index, deterministic)
+        for index, task in enumerate(curriculum.tasks)
+    }

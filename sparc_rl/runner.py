@@ -1,0 +1,467 @@
+"""Continual training runner: trains one agent through a curriculum, evaluating every task as it goes.
+
+A run directory holds::
+
+    config.json        resolved curriculum, agent, seed, command and package versions
+    state.json         progress (stage, steps, evaluation history): the commit point for --resume
+    checkpoints/       task-<i>-<name>.zip at each task end, step-<n>.zip at each evaluation
+    tb/                one TensorBoard run (per-task scores, continual metrics, SPARC internals, figures)
+    metrics.json, retention.csv, retention.png, learning_curves.png, report.md
+
+Typical use::
+
+    from sparc_rl.runner import ContinualRunner
+    result = ContinualRunner("cartpole-drift", "sparc", steps_per_task=20_000, seed=0).run()
+    print(result.metrics["average_performance"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Figure, Logger, configure
+from stable_baselines3.common.utils import set_random_seed
+from tqdm.auto import tqdm
+
+from sparc_rl import metrics as metric_fns
+from sparc_rl.agents import AgentSpec, load_agent
+from sparc_rl.curriculum import Curriculum, TaskSpec, load_curriculum
+from sparc_rl.errors import CheckpointError, ConfigError
+from sparc_rl.evaluation import evaluate_curriculum, evaluate_task
+from sparc_rl.io import atomic_write_json, atomic_write_text, check_checkpoint_file, save_model_atomically, versions
+from sparc_rl.ppo import SparcPPO
+from sparc_rl.reporting import learning_curve_figure, retention_figure, write_report
+
+STATE_VERSION = 1
+HistoryRow = tuple[int, int, list[float]]
+
+
+@dataclass
+class RunState:
+    """Progress of a run; saved atomically with a checkpoint at every evaluation."""
+
+    stage: int = 0
+    steps_in_stage: int = 0
+    history: list[HistoryRow] = field(default_factory=list)
+    returns_history: list[list[float]] = field(default_factory=list)
+    matrix: list[list[float]] = field(default_factory=list)
+    checkpoint: str | None = None
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "stage": self.stage,
+            "steps_in_stage": self.steps_in_stage,
+            "history": [list(row) for row in self.history],
+            "returns_history": self.returns_history,
+            "matrix": self.matrix,
+            "checkpoint": self.checkpoint,
+            "finished": self.finished,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
+        if data.get("version") != STATE_VERSION:
+            raise CheckpointError(f"state.json has version {data.get('version')!r}; this sparc-rl reads {STATE_VERSION}.")
+        return cls(
+            stage=int(data["stage"]),
+            steps_in_stage=int(data["steps_in_stage"]),
+            history=[(int(s), int(n), [float(x) for x in scores]) for s, n, scores in data["history"]],
+            returns_history=[[float(x) for x in row] for row in data["returns_history"]],
+            matrix=[[float(x) for x in row] for row in data["matrix"]],
+            checkpoint=data.get("checkpoint"),
+            finished=bool(data.get("finished", False)),
+        )
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    tasks: list[str]
+    matrix: list[list[float]]
+    metrics: dict[str, Any]
+    wall_time_s: float
+    env_steps: int
+
+
+class _ProgressCallback(BaseCallback):
+    """Moves the run's progress bar after each rollout."""
+
+    def __init__(self, bar: tqdm) -> None:
+        super().__init__()
+        self.bar = bar
+        self.last = 0
+
+    def _on_training_start(self) -> None:
+        self.last = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.bar.update(self.num_timesteps - self.last)
+        self.last = self.num_timesteps
+
+
+def default_run_dir(curriculum: str, agent: str, seed: int, root: Path = Path("runs")) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return root / f"{curriculum}-{agent}-seed{seed}-{stamp}"
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"Run directory {str(run_dir)!r} already holds files; resume it with --resume {run_dir}, "
+            "or choose another --run-dir."
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"Cannot write to run directory {str(run_dir)!r}: {error.strerror or error}.") from None
+
+
+class ContinualRunner:
+    """Train one agent through a curriculum and measure what it keeps.
+
+    :param curriculum: built-in name, path, or a loaded :class:`Curriculum`
+    :param agent: built-in name, path, or a loaded :class:`AgentSpec`
+    :param steps_per_task: overrides every task's budget
+    :param seed: seeds the model, the training envs and the evaluation episodes
+    :param run_dir: output folder (default ``runs/<curriculum>-<agent>-seed<seed>-<time>``)
+    :param eval_episodes: episodes per task per evaluation (default: the curriculum's)
+    :param reference: also train single-task references (cached) so forward transfer is measured
+    :param progress: show a progress bar
+    """
+
+    def __init__(
+        self,
+        curriculum: str | Path | Curriculum = "cartpole-drift",
+        agent: str | Path | AgentSpec = "sparc",
+        steps_per_task: int | None = None,
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        eval_episodes: int | None = None,
+        reference: bool = False,
+        progress: bool = True,
+        command: str | None = None,
+    ) -> None:
+        self.curriculum = curriculum if isinstance(curriculum, Curriculum) else load_curriculum(curriculum)
+        if steps_per_task is not None:
+            self.curriculum = self.curriculum.with_steps_per_task(steps_per_task)
+        self.agent = agent if isinstance(agent, AgentSpec) else load_agent(agent)
+        self.seed = seed
+        self.eval_episodes = eval_episodes or self.curriculum.eval_episodes
+        if self.eval_episodes <= 0:
+            raise ConfigError(f"eval_episodes must be positive, got {self.eval_episodes}.")
+        self.reference = reference
+        self.progress = progress
+        self.command = command or " ".join(shlex.quote(arg) for arg in sys.argv)
+        self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.curriculum.name, self.agent.name, seed)
+        self.model: BaseAlgorithm | None = None
+        self.state = RunState()
+        self._resuming = False
+        self._env_stage = 0
+
+    # -- construction from a run directory ---------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: str | Path, progress: bool = True) -> ContinualRunner:
+        """Continue an interrupted run from its last committed evaluation."""
+        from sparc_rl.agents import parse_agent
+        from sparc_rl.curriculum import parse_curriculum
+
+        run_dir = Path(run_dir)
+        config_path, state_path = run_dir / "config.json", run_dir / "state.json"
+        if not config_path.is_file() or not state_path.is_file():
+            raise ConfigError(f"{str(run_dir)!r} is not a sparc-rl run directory (no config.json / state.json).")
+        try:
+            config = json.loads(config_path.read_text())
+            state = RunState.from_dict(json.loads(state_path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"The run files in {str(run_dir)!r} are damaged ({error}); start a new run.") from None
+        runner = cls(
+            parse_curriculum(config["curriculum"], config["curriculum"].get("name", "run")),
+            parse_agent(config["agent"], config["agent"].get("name", "run")),
+            seed=int(config["seed"]),
+            run_dir=run_dir,
+            eval_episodes=int(config["eval_episodes"]),
+            reference=bool(config.get("reference", False)),
+            progress=progress,
+            command=config.get("command"),
+        )
+        runner.state = state
+        runner._resuming = True
+        return runner
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _make_train_env(self, stage: int) -> Any:
+        task = self.curriculum.tasks[stage]
+        return make_vec_env(task.make_env, n_envs=self.agent.n_envs, seed=self.seed * 7919 + 101 * (stage + 1))
+
+    def _eval_seed(self) -> int:
+        return self.seed * 10007 + 1
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "curriculum": self.curriculum.to_dict(),
+            "agent": self.agent.to_dict(),
+            "seed": self.seed,
+            "eval_episodes": self.eval_episodes,
+            "reference": self.reference,
+            "command": self.command,
+            "versions": versions(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _eval_points(self, budget: int, rollout: int) -> list[int]:
+        """Steps into a stage at which every task is evaluated, rounded up to whole rollouts."""
+        every = self.curriculum.eval_every
+        return sorted({math.ceil(budget * k / every / rollout) * rollout for k in range(1, every + 1)})
+
+    def _commit(self, model: BaseAlgorithm) -> None:
+        """Checkpoint, then the state that points at it (the commit), then drop older step checkpoints."""
+        checkpoint_dir = self.run_dir / "checkpoints"
+        name = f"step-{model.num_timesteps}.zip"
+        save_model_atomically(model, checkpoint_dir / name)
+        self.state.checkpoint = f"checkpoints/{name}"
+        atomic_write_json(self.run_dir / "state.json", self.state.to_dict())
+        for old in checkpoint_dir.glob("step-*.zip"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def _log_evaluation(self, logger: Logger, scores: dict[str, Any], diagnostics: dict[str, dict[str, float]],
+                        step: int) -> None:
+        for task, score in scores.items():
+            logger.record(f"retention/{task}/success", score.success_rate)
+            logger.record(f"retention/{task}/return", score.mean_return)
+            gate = diagnostics.get(task, {}).get("gate_mean")
+            if gate is not None:
+                logger.record(f"sparc/gate_mean/{task}", gate)
+        logger.dump(step)
+
+    def _partial_metrics(self) -> dict[str, Any]:
+        matrix = self.state.matrix
+        if not matrix:
+            return {}
+        square = [row[: len(matrix)] for row in matrix]
+        return metric_fns.summarise(square, [r for r in self.state.history if r[0] < len(matrix)])
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        """Train through every task; on Ctrl-C write a final checkpoint and a partial report, then re-raise."""
+        started = time.time()
+        if self._resuming:
+            if self.state.finished:
+                raise ConfigError(f"Run {str(self.run_dir)!r} already finished; see its report.md.")
+        else:
+            _prepare_run_dir(self.run_dir)
+            atomic_write_json(self.run_dir / "config.json", self._config())
+        set_random_seed(self.seed)
+        logger = configure(str(self.run_dir / "tb"), ["tensorboard"])
+        model = self._load_or_build_model()
+        model.set_logger(logger)
+        self.model = model
+        total = sum(task.steps for task in self.curriculum.tasks)
+        done_before = sum(t.steps for t in self.curriculum.tasks[: self.state.stage]) + self.state.steps_in_stage
+        bar = tqdm(total=total, initial=done_before, disable=not self.progress, unit="step", dynamic_ncols=True)
+        try:
+            for stage in range(self.state.stage, len(self.curriculum.tasks)):
+                self._run_stage(stage, model, logger, bar)
+            self.state.finished = True
+            atomic_write_json(self.run_dir / "state.json", self.state.to_dict())
+        except KeyboardInterrupt:
+            bar.close()
+            save_model_atomically(model, self.run_dir / "checkpoints" / "interrupted.zip")
+            self._write_outputs(logger, partial=True)
+            print(f"\nInterrupted: partial report in {self.run_dir / 'report.md'}; continue with "
+                  f"`sparc-rl train --resume {self.run_dir}`.", file=sys.stderr)
+            raise
+        bar.close()
+        metrics = self._write_outputs(logger, partial=False)
+        logger.close()
+        return RunResult(self.run_dir, self.curriculum.task_names, self.state.matrix, metrics,
+                         time.time() - started, int(model.num_timesteps))
+
+    def _load_or_build_model(self) -> BaseAlgorithm:
+        stage = self.state.stage
+        self._env_stage = min(stage, len(self.curriculum.tasks) - 1)
+        env = self._make_train_env(self._env_stage)
+        if self.state.checkpoint is None:
+            return self.agent.build(env, seed=self.seed)
+        path = self.run_dir / self.state.checkpoint
+        check_checkpoint_file(path)
+        model_class: type[BaseAlgorithm]
+        if self.agent.algorithm == "recurrent-ppo":
+            from sb3_contrib import RecurrentPPO
+
+            model_class = RecurrentPPO
+        else:
+            model_class = SparcPPO
+        try:
+            model = model_class.load(path, env=env, device="cpu")
+        except Exception as error:
+            raise CheckpointError(f"Cannot load checkpoint {str(path)!r}: {error}") from None
+        return model
+
+    def _run_stage(self, stage: int, model: BaseAlgorithm, logger: Logger, bar: tqdm) -> None:
+        task = self.curriculum.tasks[stage]
+        announced = self.curriculum.boundary == "announced"
+        resuming_inside = self.state.steps_in_stage > 0
+        if stage != self._env_stage:
+            model.set_env(self._make_train_env(stage))
+            self._env_stage = stage
+        if announced and isinstance(model, SparcPPO) and not resuming_inside:
+            model.start_task(task.name)
+        callback = _ProgressCallback(bar)
+        points = self._eval_points(task.steps, model.n_steps * model.n_envs)
+        recorded = {steps for row_stage, steps, _ in self.state.history if row_stage == stage}
+        for point in points:
+            if point in recorded:
+                continue
+            if point > self.state.steps_in_stage:
+                stage_start = model.num_timesteps
+                model.learn(point - self.state.steps_in_stage, callback=callback, reset_num_timesteps=False)
+                self.state.steps_in_stage += model.num_timesteps - stage_start
+            last = point == points[-1]
+            if last and announced and isinstance(model, SparcPPO):
+                model.end_task(consolidate=self.agent.consolidate)
+            scores, diagnostics = self._evaluate_all(model)
+            success = [scores[name].success_rate for name in self.curriculum.task_names]
+            self.state.history.append((stage, point, success))
+            self.state.returns_history.append([scores[name].mean_return for name in self.curriculum.task_names])
+            if last:
+                self.state.matrix.append(success)
+                self.state.stage, self.state.steps_in_stage = stage + 1, 0
+            self._commit(model)
+            if last:
+                save_model_atomically(model, self.run_dir / "checkpoints" / f"task-{stage}-{task.name}.zip")
+            self._log_evaluation(logger, scores, diagnostics, model.num_timesteps)
+            bar.set_postfix_str(f"task {task.name} ({stage + 1}/{len(self.curriculum.tasks)}) "
+                                + " ".join(f"{s:.2f}" for s in success))
+        if isinstance(model, SparcPPO):
+            for name, value in model.policy.diagnostics().items():
+                logger.record(f"sparc/{name}", value)
+        partial = self._partial_metrics()
+        for key in ("average_performance", "forgetting", "backward_transfer"):
+            if partial.get(key) is not None:
+                logger.record(f"continual/{key}", partial[key])
+        logger.dump(model.num_timesteps)
+
+    def _evaluate_all(self, model: BaseAlgorithm) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+        scores, diagnostics = {}, {}
+        for index, task in enumerate(self.curriculum.tasks):
+            if isinstance(model, SparcPPO):
+                model.policy.diagnostics()  # restart the gate averages for this task
+            scores[task.name] = evaluate_task(model, task, self.eval_episodes, self._eval_seed() + 1000 * index)
+            if isinstance(model, SparcPPO):
+                diagnostics[task.name] = model.policy.diagnostics()
+        return scores, diagnostics
+
+    # -- single-task references (forward transfer) ---------------------------------------------
+    def _reference_auc(self) -> list[float]:
+        cache_dir = self.run_dir.parent / ".reference-cache"
+        aucs = []
+        for index, task in enumerate(self.curriculum.tasks):
+            key_data = {"task": self.curriculum.to_dict()["tasks"][index], "agent": self.agent.to_dict(),
+                        "seed": self.seed, "episodes": self.eval_episodes, "every": self.curriculum.eval_every,
+                        "versions": {k: v for k, v in versions().items() if k != "platform"}}
+            key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            cached = cache_dir / f"{task.name}-{key}.json"
+            if cached.is_file():
+                aucs.append(float(json.loads(cached.read_text())["auc"]))
+                continue
+            auc = self._train_reference(task, index)
+            atomic_write_json(cached, {"task": task.name, "auc": auc, "key": key_data})
+            aucs.append(auc)
+        return aucs
+
+    def _train_reference(self, task: TaskSpec, index: int) -> float:
+        env = make_vec_env(task.make_env, n_envs=self.agent.n_envs, seed=self.seed * 7919 + 101 * (index + 1))
+        model = self.agent.build(env, seed=self.seed)
+        scores = []
+        done = 0
+        for point in self._eval_points(task.steps, model.n_steps * model.n_envs):
+            start = model.num_timesteps
+            model.learn(point - done, reset_num_timesteps=False)
+            done += model.num_timesteps - start
+            scores.append(evaluate_task(model, task, self.eval_episodes, self._eval_seed() + 1000 * index).success_rate)
+        env.close()
+        return float(np.mean(scores))
+
+    # -- outputs -------------------------------------------------------------------------------
+    def _write_outputs(self, logger: Logger, partial: bool) -> dict[str, Any]:
+        tasks = self.curriculum.task_names
+        history = self.state.history
+        if partial or len(self.state.matrix) < len(tasks):
+            metrics = {**self._partial_metrics(), "partial": True}
+        else:
+            reference = self._reference_auc() if self.reference else None
+            metrics = metric_fns.summarise(self.state.matrix, history, reference)
+            metrics["partial"] = False
+        metrics = {"tasks": tasks, "matrix": self.state.matrix, **metrics}
+        atomic_write_json(self.run_dir / "metrics.json", _json_safe(metrics))
+        lines = ["stage,task_trained,steps_into_stage," + ",".join(tasks)]
+        for stage, steps, scores in history:
+            lines.append(f"{stage},{tasks[stage]},{steps}," + ",".join(f"{s:.4f}" for s in scores))
+        atomic_write_text(self.run_dir / "retention.csv", "\n".join(lines) + "\n")
+        heatmap = retention_figure(tasks, self.state.matrix)
+        curves = learning_curve_figure(tasks, history, [t.steps for t in self.curriculum.tasks])
+        heatmap.savefig(self.run_dir / "retention.png", dpi=100, bbox_inches="tight")
+        curves.savefig(self.run_dir / "learning_curves.png", dpi=100, bbox_inches="tight")
+        step = self.model.num_timesteps if self.model is not None else 0
+        for key in ("average_performance", "forgetting", "backward_transfer", "forward_transfer"):
+            if metrics.get(key) is not None:
+                logger.record(f"continual/{key}", metrics[key])
+        logger.record("retention/heatmap", Figure(heatmap, close=True), exclude=("stdout", "log", "json", "csv"))
+        logger.record("retention/learning_curves", Figure(curves, close=True), exclude=("stdout", "log", "json", "csv"))
+        logger.dump(step)
+        write_report(self.run_dir, self.curriculum, self.agent, self.seed, metrics, partial)
+        return metrics
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def evaluate_saved_model(model_path: str | Path, curriculum: str | Path, episodes: int | None, seed: int
+                         ) -> tuple[Curriculum, dict[str, Any]]:
+    """Load a saved SparcPPO model and score it on every task of a curriculum."""
+    loaded = load_curriculum(curriculum)
+    path = Path(model_path)
+    check_checkpoint_file(path)
+    try:
+        model = SparcPPO.load(path, device="cpu")
+    except Exception as error:
+        raise CheckpointError(f"Cannot load model {str(path)!r}: {error}") from None
+    task_env = loaded.tasks[0].make_env()
+    if task_env.observation_space != model.observation_space or task_env.action_space != model.action_space:
+        from sparc_rl.errors import SpaceMismatchError
+
+        raise SpaceMismatchError(
+            f"The model expects observations {model.observation_space} and actions {model.action_space}, but "
+            f"curriculum {loaded.name!r} gives {task_env.observation_space} and {task_env.action_space}."
+        )
+    task_env.close()
+    return loaded, evaluate_curriculum(model, loaded, episodes or loaded.eval_episodes, seed)
