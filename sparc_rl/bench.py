@@ -1,0 +1,163 @@
+"""Side-by-side continual benchmark: every agent x seed on one curriculum, then a comparison table."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparc_rl.agents import load_agent
+from sparc_rl.curriculum import load_curriculum
+from sparc_rl.io import atomic_write_text, versions
+from sparc_rl.metrics import bootstrap_ci
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    curriculum: str
+    agent: str
+    seed: int
+    run_dir: str
+    steps_per_task: int | None
+    eval_episodes: int | None
+    reference: bool
+    threads: int
+
+
+def _run_job(job: BenchJob) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(job.threads)
+    from sparc_rl.runner import ContinualRunner
+
+    runner = ContinualRunner(job.curriculum, job.agent, steps_per_task=job.steps_per_task, seed=job.seed,
+                             run_dir=job.run_dir, eval_episodes=job.eval_episodes, reference=job.reference,
+                             progress=False, command="sparc-rl bench")
+    result = runner.run()
+    return {"agent": job.agent, "seed": job.seed, "run_dir": str(result.run_dir), "metrics": result.metrics,
+            "wall_time_s": result.wall_time_s, "env_steps": result.env_steps,
+            "history": runner.state.history}
+
+
+def _plasticity(metrics: dict[str, Any]) -> float:
+    """Fraction of tasks whose own-stage score reached the threshold."""
+    steps = metrics.get("plasticity_steps_to_threshold") or []
+    return float(np.mean([s is not None for s in steps])) if steps else float("nan")
+
+
+def run_bench(curriculum: str, agents: list[str], seeds: int, out_dir: Path, steps_per_task: int | None = None,
+              eval_episodes: int | None = None, jobs: int | None = None, reference: bool = True) -> Path:
+    """Run the benchmark and write ``results.md``, ``results.csv``, ``results.json`` and plots to ``out_dir``."""
+    loaded = load_curriculum(curriculum)
+    for agent in agents:
+        load_agent(agent)  # fail fast on a bad name, before any training
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = jobs or max(1, min(os.cpu_count() or 1, len(agents) * seeds))
+    work = [
+        BenchJob(curriculum, agent, seed, str(out_dir / f"{Path(agent).stem}-seed{seed}"), steps_per_task,
+                 eval_episodes, reference, threads=max(1, (os.cpu_count() or 1) // jobs))
+        for agent in agents for seed in range(seeds)
+    ]
+    if jobs == 1:
+        results = [_run_job(job) for job in work]
+    else:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            results = pool.map(_run_job, work, chunksize=1)
+    rows = summarise_results(results, [Path(a).stem for a in agents])
+    write_tables(out_dir, rows, loaded.name, curriculum, agents, seeds, steps_per_task)
+    plot_results(out_dir, results, loaded.task_names)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    return out_dir
+
+
+def summarise_results(results: list[dict[str, Any]], agents: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for agent in agents:
+        runs = [r for r in results if Path(r["agent"]).stem == agent]
+        row: dict[str, Any] = {"agent": agent, "seeds": len(runs)}
+        for key in ("average_performance", "forgetting", "forward_transfer"):
+            row[key] = bootstrap_ci([r["metrics"].get(key) for r in runs])
+        row["plasticity"] = bootstrap_ci([_plasticity(r["metrics"]) for r in runs])
+        row["wall_time_s"] = float(np.mean([r["wall_time_s"] for r in runs]))
+        row["steps_per_s"] = float(np.mean([r["env_steps"] / r["wall_time_s"] for r in runs]))
+        rows.append(row)
+    return rows
+
+
+def _ci(value: tuple[float, float, float]) -> str:
+    mean, low, high = value
+    if np.isnan(mean):
+        return "n/a"
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def write_tables(out_dir: Path, rows: list[dict[str, Any]], name: str, curriculum: str, agents: list[str],
+                 seeds: int, steps_per_task: int | None) -> None:
+    info = versions()
+    command = f"sparc-rl bench --curriculum {curriculum} --agents {','.join(agents)} --seeds {seeds}"
+    if steps_per_task:
+        command += f" --steps-per-task {steps_per_task}"
+    lines = [
+        f"# Continual benchmark: {name}",
+        "",
+        f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
+        f"{info['platform']}, torch {info['torch']}. Command: `{command}`.",
+        "",
+        "Mean and 90% bootstrap interval over seeds. Plasticity = fraction of tasks reaching 0.9 success in "
+        "their own stage. No task id is given to any agent at evaluation.",
+        "",
+        "| agent | seeds | avg performance | forgetting | forward transfer | plasticity | wall time (s) | env steps/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    csv = ["agent,seeds,metric,mean,low,high"]
+    for row in rows:
+        lines.append(
+            f"| {row['agent']} | {row['seeds']} | {_ci(row['average_performance'])} | {_ci(row['forgetting'])} | "
+            f"{_ci(row['forward_transfer'])} | {_ci(row['plasticity'])} | {row['wall_time_s']:.0f} | "
+            f"{row['steps_per_s']:.0f} |"
+        )
+        for key in ("average_performance", "forgetting", "forward_transfer", "plasticity"):
+            mean, low, high = row[key]
+            csv.append(f"{row['agent']},{row['seeds']},{key},{mean:.4f},{low:.4f},{high:.4f}")
+        csv.append(f"{row['agent']},{row['seeds']},wall_time_s,{row['wall_time_s']:.1f},,")
+        csv.append(f"{row['agent']},{row['seeds']},env_steps_per_s,{row['steps_per_s']:.1f},,")
+    lines += ["", "![retention curves](retention_curves.png)", "", "![score matrices](score_matrices.png)"]
+    atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "results.csv", "\n".join(csv) + "\n")
+
+
+def plot_results(out_dir: Path, results: list[dict[str, Any]], tasks: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    agents = sorted({Path(r["agent"]).stem for r in results})
+    fig, axes = plt.subplots(1, len(agents), figsize=(4 * len(agents), 3.2), squeeze=False, sharey=True)
+    mats, mat_axes = plt.subplots(1, len(agents), figsize=(3.2 * len(agents), 3.2), squeeze=False)
+    for column, agent in enumerate(agents):
+        runs = [r for r in results if Path(r["agent"]).stem == agent]
+        curves = np.array([[row[2] for row in r["history"]] for r in runs])  # seeds x evals x tasks
+        mean = curves.mean(axis=0)
+        ax = axes[0, column]
+        for j, task in enumerate(tasks):
+            ax.plot(mean[:, j], label=task)
+        ax.set_title(agent)
+        ax.set_xlabel("evaluation")
+        ax.set_ylim(-0.05, 1.05)
+        matrix = np.mean([r["metrics"]["matrix"] for r in runs], axis=0)
+        mat_axes[0, column].imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        mat_axes[0, column].set_title(agent)
+        mat_axes[0, column].set_xticks(range(len(tasks)), tasks, rotation=60, fontsize=6)
+        mat_axes[0, column].set_yticks(range(len(tasks)), tasks, fontsize=6)
+    axes[0, 0].set_ylabel("success rate")
+    axes[0, -1].legend(fontsize=6)
+    fig.tight_layout()
+    mats.tight_layout()
+    fig.savefig(out_dir / "retention_curves.png", dpi=90)
+    mats.savefig(out_dir / "score_matrices.png", dpi=90)
+    plt.close(fig)
+    plt.close(mats)

@@ -1,0 +1,160 @@
+"""The ``sparc-rl`` command: train, eval, play, bench, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sparc_rl.errors import SparcError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sparc_rl.runner import ContinualRunner
+
+    if args.resume:
+        runner = ContinualRunner.resume(args.resume, progress=not args.no_progress)
+    else:
+        runner = ContinualRunner(args.curriculum, args.agent, steps_per_task=args.steps_per_task, seed=args.seed,
+                                 run_dir=args.run_dir, eval_episodes=args.eval_episodes, reference=args.reference,
+                                 progress=not args.no_progress)
+    result = runner.run()
+    metrics = result.metrics
+    print(f"Run finished in {result.wall_time_s:.0f} s ({result.env_steps} env steps): {result.run_dir}")
+    for key in ("average_performance", "forgetting", "backward_transfer", "forward_transfer"):
+        value = metrics.get(key)
+        print(f"  {key:20s} {'n/a' if value is None else f'{value:.3f}'}")
+    print(f"Report: {result.run_dir / 'report.md'}   TensorBoard: tensorboard --logdir {result.run_dir / 'tb'}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from sparc_rl.runner import evaluate_saved_model
+
+    curriculum, scores = evaluate_saved_model(args.model, args.curriculum, args.episodes, args.seed)
+    width = max(len(name) for name in scores)
+    print(f"{'task':{width}s}  success  mean return  episodes")
+    for name, score in scores.items():
+        print(f"{name:{width}s}  {score.success_rate:7.2f}  {score.mean_return:11.2f}  {score.episodes:8d}")
+    mean = sum(s.success_rate for s in scores.values()) / len(scores)
+    print(f"{'average':{width}s}  {mean:7.2f}")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    from sparc_rl.play import play
+
+    env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    if not isinstance(env_kwargs, dict):
+        raise SparcError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}.")
+    wrappers = [w for w in (args.wrappers or "").split(",") if w]
+    returns = play(args.model, args.env, args.episodes, env_kwargs, wrappers, args.record, args.seed,
+                   deterministic=not args.stochastic)
+    for index, value in enumerate(returns):
+        print(f"episode {index}: return {value:.2f}")
+    print(f"mean return over {len(returns)} episodes: {sum(returns) / len(returns):.2f}")
+    if args.record:
+        print(f"recorded: {args.record}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from sparc_rl.bench import run_bench
+
+    agents = [a for a in args.agents.split(",") if a]
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{Path(args.curriculum).stem}"
+    result_dir = run_bench(args.curriculum, agents, args.seeds, out, args.steps_per_task, args.eval_episodes,
+                           args.jobs, reference=not args.no_reference)
+    print((result_dir / "results.md").read_text())
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    from sparc_rl.agents import list_agents, load_agent
+    from sparc_rl.curriculum import list_curricula, load_curriculum
+
+    print("Curricula (--curriculum):")
+    for name in list_curricula():
+        curriculum = load_curriculum(name, check_spaces=False)
+        print(f"  {name:18s} {len(curriculum.tasks)} tasks, {curriculum.boundary} boundaries: "
+              + ", ".join(curriculum.task_names))
+    print("Agents (--agent):")
+    for name in list_agents():
+        print(f"  {name:18s} {load_agent(name).description}")
+    print("Environments:")
+    for env_id in sorted(i for i in gym.registry if i.startswith("SparcRL/")):
+        print(f"  {env_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparc-rl", description="Continual RL with SPARC recurrent policies.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train an agent through a curriculum, evaluating every task")
+    train.add_argument("--curriculum", default="cartpole-drift", help="built-in name or YAML path")
+    train.add_argument("--agent", default="sparc", help="built-in preset name or YAML path")
+    train.add_argument("--steps-per-task", type=int, default=None, help="override every task's budget")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--run-dir", default=None, help="output folder (default: runs/<curriculum>-<agent>-...)")
+    train.add_argument("--eval-episodes", type=int, default=None, help="episodes per task per evaluation")
+    train.add_argument("--reference", action="store_true",
+                       help="also train single-task references (cached) to measure forward transfer")
+    train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("eval", help="score a saved model on every task of a curriculum")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--curriculum", default="cartpole-drift")
+    evaluate.add_argument("--episodes", type=int, default=None)
+    evaluate.add_argument("--seed", type=int, default=12345)
+    evaluate.set_defaults(func=_eval)
+
+    play = sub.add_parser("play", help="run a saved policy in a registered env, optionally recording it")
+    play.add_argument("--model", required=True)
+    play.add_argument("--env", required=True, help="registered Gymnasium id")
+    play.add_argument("--env-kwargs", default=None, help='JSON object, e.g. \'{"season": "winter"}\'')
+    play.add_argument("--wrappers", default=None, help="comma-separated wrapper names, as in curriculum files")
+    play.add_argument("--episodes", type=int, default=3)
+    play.add_argument("--record", default=None, help="write an animation (.gif or .mp4)")
+    play.add_argument("--seed", type=int, default=0)
+    play.add_argument("--stochastic", action="store_true", help="sample actions instead of the most likely")
+    play.set_defaults(func=_play)
+
+    bench = sub.add_parser("bench", help="compare agents x seeds on one curriculum")
+    bench.add_argument("--curriculum", default="garden-seasons")
+    bench.add_argument("--agents", default="sparc,sparc-no-memory,sparc-no-gate,lstm,gru,lstm-ewc,lstm-clone")
+    bench.add_argument("--seeds", type=int, default=3)
+    bench.add_argument("--steps-per-task", type=int, default=None)
+    bench.add_argument("--eval-episodes", type=int, default=None)
+    bench.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
+    bench.add_argument("--out", default=None)
+    bench.add_argument("--no-reference", action="store_true", help="skip single-task references")
+    bench.set_defaults(func=_bench)
+
+    listing = sub.add_parser("list", help="list built-in curricula, agents and environments")
+    listing.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SparcError as error:
+        print(f"sparc-rl: error: {error}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as error:
+        print(f"sparc-rl: error: invalid JSON: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparc-rl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

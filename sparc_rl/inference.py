@@ -1,0 +1,107 @@
+"""Run a trained policy in any Gymnasium env: the recurrent state is kept and reset for you."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv
+
+from sparc_rl.errors import CheckpointError, SpaceMismatchError
+from sparc_rl.io import check_checkpoint_file
+from sparc_rl.ppo import SparcPPO
+
+
+def _space_hint(env_space: spaces.Space, model_space: spaces.Space) -> str:
+    if isinstance(env_space, spaces.Dict) and "image" in env_space.spaces:
+        return (" MiniGrid envs give a dict observation: wrap the env with "
+                "sparc_rl.envs.MinigridImageTask (and FlattenObservation / PreviousActionRewardObservation if the "
+                "model was trained on those, as the garden curriculum does).")
+    if isinstance(env_space, spaces.Box) and isinstance(model_space, spaces.Box) and \
+            int(np.prod(env_space.shape)) + 1 < int(np.prod(model_space.shape)):
+        return (" The model expects more inputs: was it trained with PreviousActionRewardObservation "
+                "(previous action and reward appended)?")
+    return ""
+
+
+def check_spaces(model_obs: spaces.Space, model_act: spaces.Space, env: gym.Env | VecEnv) -> None:
+    """Raise :class:`SpaceMismatchError` naming both spaces if the env does not fit the policy."""
+    if env.observation_space != model_obs:
+        raise SpaceMismatchError(
+            f"The policy expects observations {model_obs} but the env gives {env.observation_space}."
+            + _space_hint(env.observation_space, model_obs)
+        )
+    if env.action_space != model_act:
+        raise SpaceMismatchError(f"The policy acts in {model_act} but the env expects actions in {env.action_space}.")
+
+
+class SparcAgent:
+    """A trained recurrent policy ready to act; it carries the recurrent state between calls.
+
+    Single env::
+
+        agent = SparcAgent.load("model.zip", env=env)
+        obs, _ = env.reset(); agent.reset()
+        while True:
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
+            if terminated or truncated:
+                obs, _ = env.reset(); agent.reset()
+
+    VecEnv: ``actions = agent.act(obs)``, then ``agent.episode_done(dones)`` after ``venv.step``.
+
+    :param model: a trained :class:`SparcPPO`
+    :param deterministic: take the most likely action
+    """
+
+    def __init__(self, model: SparcPPO, deterministic: bool = True) -> None:
+        self.model = model
+        self.deterministic = deterministic
+        self._state: np.ndarray | None = None
+        self._starts: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, env: gym.Env | VecEnv | None = None, deterministic: bool = True,
+             device: str = "cpu") -> SparcAgent:
+        """Load a saved model (CPU by default); with ``env``, check its spaces first."""
+        path = Path(path)
+        if path.suffix != ".zip" and not path.exists():
+            path = path.with_suffix(".zip")
+        check_checkpoint_file(path)
+        try:
+            model = SparcPPO.load(path, device=device)
+        except Exception as error:
+            raise CheckpointError(f"Cannot load model {str(path)!r}: {error}") from None
+        agent = cls(model, deterministic)
+        if env is not None:
+            agent.check_env(env)
+        return agent
+
+    @property
+    def observation_space(self) -> spaces.Space:
+        return self.model.observation_space
+
+    @property
+    def action_space(self) -> spaces.Space:
+        return self.model.action_space
+
+    def check_env(self, env: gym.Env | VecEnv) -> None:
+        check_spaces(self.observation_space, self.action_space, env)
+
+    def reset(self) -> None:
+        """Forget the recurrent state (call at every episode start of a single env)."""
+        self._state = None
+        self._starts = None
+
+    def episode_done(self, dones: np.ndarray) -> None:
+        """VecEnv: mark the envs whose episode just ended, so their state resets at the next act."""
+        self._starts = np.asarray(dones, dtype=bool)
+
+    def act(self, observation: Any, episode_start: np.ndarray | None = None) -> Any:
+        """Action(s) for an observation of one env or a batch from a VecEnv."""
+        starts = episode_start if episode_start is not None else self._starts
+        action, self._state = self.model.predict(observation, self._state, starts, self.deterministic)
+        self._starts = None
+        return action.item() if isinstance(self.action_space, spaces.Discrete) and action.ndim == 0 else action

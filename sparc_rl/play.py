@@ -1,0 +1,63 @@
+"""Run a saved policy in a registered env for a few episodes, optionally recording an animation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from sparc_rl.curriculum import NAMED_WRAPPERS
+from sparc_rl.errors import ConfigError
+from sparc_rl.inference import SparcAgent
+
+
+def make_play_env(env_id: str, env_kwargs: dict[str, Any], wrappers: list[str], render_mode: str | None) -> gym.Env:
+    import sparc_rl  # noqa: F401  (registers the SparcRL/ envs)
+
+    if env_id not in gym.registry:
+        raise ConfigError(f"Unknown env id {env_id!r}; see `sparc-rl list` and gymnasium.pprint_registry().")
+    unknown = [w for w in wrappers if w not in NAMED_WRAPPERS]
+    if unknown:
+        raise ConfigError(f"Unknown wrapper(s) {unknown}; choose from {sorted(NAMED_WRAPPERS)}.")
+    try:
+        env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    except TypeError as error:
+        raise ConfigError(f"Cannot make {env_id!r} with kwargs {env_kwargs}: {error}") from None
+    for name in wrappers:
+        env = NAMED_WRAPPERS[name](env)
+    return env
+
+
+def play(model_path: str | Path, env_id: str, episodes: int, env_kwargs: dict[str, Any], wrappers: list[str],
+         record: str | None = None, seed: int = 0, deterministic: bool = True) -> list[float]:
+    """Episode returns of the policy; frames go to ``record`` (.gif or .mp4) when given."""
+    if episodes <= 0:
+        raise ConfigError(f"--episodes must be positive, got {episodes}.")
+    if record is not None and Path(record).suffix not in (".gif", ".mp4"):
+        raise ConfigError(f"--record must end in .gif or .mp4, got {record!r}.")
+    env = make_play_env(env_id, env_kwargs, wrappers, "rgb_array" if record else None)
+    agent = SparcAgent.load(model_path, env=env, deterministic=deterministic)
+    frames, returns = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        agent.reset()
+        total, done = 0.0, False
+        while not done:
+            if record:
+                frames.append(env.render())
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    if record:
+        import imageio.v2 as imageio
+
+        try:
+            imageio.mimsave(record, frames, duration=0.1) if record.endswith(".gif") else \
+                imageio.mimsave(record, frames, fps=10)
+        except (ValueError, RuntimeError, ImportError) as error:
+            raise ConfigError(f"Cannot write {record!r} ({error}); .gif always works, .mp4 needs imageio-ffmpeg.") \
+                from None
+    return returns
