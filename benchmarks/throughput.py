@@ -1,0 +1,179 @@
+"""Throughput benchmark (issue: SPARC recurrent actor-critic and SparcPPO).
+
+MiniGrid DoorKey-5x5, image observations (flattened for the MLP policies), 8 envs in a DummyVecEnv,
+n_steps=128, hidden size 64, side by side in one process:
+
+  random actions (the ceiling), SB3 PPO (MLP), sb3-contrib RecurrentPPO (LSTM, its defaults and with
+  SparcPPO's epochs/batch), SparcPPO with the lstm core and with the sparc core (0, 1 and 8 filled
+  memory slots).
+
+Optionally (--solve) the wall time for SparcPPO-sparc and RecurrentPPO to reach 0.9 success.
+
+    python benchmarks/throughput.py --steps 20480 --out benchmarks/results/throughput.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+import sparc_rl
+from sparc_rl import SparcPPO
+from sparc_rl.envs import MinigridImageTask
+
+ENV_ID = "MiniGrid-DoorKey-5x5-v0"
+HIDDEN = 64
+N_ENVS = 8
+N_STEPS = 128
+
+
+def make_env() -> gym.Env:
+    return MinigridImageTask(gym.make(ENV_ID))
+
+
+def vec_env(seed: int = 0):
+    return make_vec_env(make_env, n_envs=N_ENVS, seed=seed)
+
+
+def random_sps(steps: int) -> float:
+    env = vec_env()
+    env.reset()
+    start = time.perf_counter()
+    for _ in range(steps // N_ENVS):
+        env.step(np.array([env.action_space.sample() for _ in range(N_ENVS)]))
+    return steps / (time.perf_counter() - start)
+
+
+def learn_sps(model, steps: int) -> float:
+    model.learn(N_STEPS * N_ENVS)  # warm-up: one rollout and update
+    start = time.perf_counter()
+    model.learn(steps, reset_num_timesteps=False)
+    return steps / (time.perf_counter() - start)
+
+
+def builders(seed: int) -> dict[str, callable]:
+    sparc_kwargs = dict(core="sparc", hidden_size=HIDDEN, n_slots=8)
+    return {
+        "SB3 PPO (MLP 64x64)": lambda: PPO("MlpPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, device="cpu"),
+        "RecurrentPPO LSTM-64 (its defaults: 10 epochs, batch 128)": lambda: RecurrentPPO(
+            "MlpLstmPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, device="cpu",
+            policy_kwargs=dict(lstm_hidden_size=HIDDEN)),
+        "RecurrentPPO LSTM-64 (4 epochs, batch 256, as SparcPPO)": lambda: RecurrentPPO(
+            "MlpLstmPolicy", vec_env(seed), n_steps=N_STEPS, n_epochs=4, batch_size=256, seed=seed, device="cpu",
+            policy_kwargs=dict(lstm_hidden_size=HIDDEN)),
+        "SparcPPO lstm core": lambda: SparcPPO("MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed,
+                                               policy_kwargs=dict(core="lstm", hidden_size=HIDDEN)),
+        "SparcPPO sparc core, 0 slots filled": lambda: SparcPPO("MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS,
+                                                               seed=seed, policy_kwargs=sparc_kwargs),
+        "SparcPPO sparc core, 1 slot filled": lambda: filled(SparcPPO("MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS,
+                                                                      seed=seed, policy_kwargs=sparc_kwargs), 1),
+        "SparcPPO sparc core, 8 slots filled": lambda: filled(SparcPPO("MlpSparcPolicy", vec_env(seed),
+                                                                       n_steps=N_STEPS, seed=seed,
+                                                                       policy_kwargs=sparc_kwargs), 8),
+    }
+
+
+def filled(model: SparcPPO, slots: int) -> SparcPPO:
+    model.learn(N_STEPS * N_ENVS)
+    for _ in range(slots):
+        model.consolidate()
+    return model
+
+
+def time_to_solve(name: str, model, budget: int, chunk: int = 8192) -> tuple[float | None, int, float]:
+    """Wall seconds (training only) until deterministic success on 50 episodes reaches 0.9."""
+    trained, train_time, best = 0, 0.0, 0.0
+    eval_env = make_vec_env(make_env, n_envs=10, seed=999)
+    while trained < budget:
+        start = time.perf_counter()
+        model.learn(chunk, reset_num_timesteps=trained == 0)
+        train_time += time.perf_counter() - start
+        trained = model.num_timesteps
+        rewards, _ = evaluate_policy(model, eval_env, n_eval_episodes=50, return_episode_rewards=True)
+        success = float(np.mean(np.array(rewards) > 0))
+        best = max(best, success)
+        print(f"  {name}: {trained} steps, {train_time:.0f} s training, success {success:.2f}", flush=True)
+        if success >= 0.9:
+            return train_time, trained, success
+    return None, trained, best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20480)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--solve", action="store_true", help="also measure time to 0.9 success")
+    parser.add_argument("--solve-budget", type=int, default=300_000)
+    parser.add_argument("--out", default="benchmarks/results/throughput.md")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    rows = [("random actions (ceiling)", random_sps(args.steps))]
+    print(f"{rows[-1][0]}: {rows[-1][1]:.0f} steps/s", flush=True)
+    for name, build in builders(args.seed).items():
+        rows.append((name, learn_sps(build(), args.steps)))
+        print(f"{name}: {rows[-1][1]:.0f} steps/s", flush=True)
+    sps = dict(rows)
+    rppo = sps["RecurrentPPO LSTM-64 (its defaults: 10 epochs, batch 128)"]
+    rppo_same = sps["RecurrentPPO LSTM-64 (4 epochs, batch 256, as SparcPPO)"]
+    ppo = sps["SB3 PPO (MLP 64x64)"]
+    sparc0 = sps["SparcPPO sparc core, 0 slots filled"]
+    sparc1 = sps["SparcPPO sparc core, 1 slot filled"]
+    sparc8 = sps["SparcPPO sparc core, 8 slots filled"]
+
+    lines = [
+        "# Throughput: MiniGrid DoorKey-5x5, 8 envs, n_steps=128, hidden 64",
+        "",
+        f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
+        f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
+        f"sparc-rl {sparc_rl.__version__}. Command: `python benchmarks/throughput.py --steps {args.steps}"
+        + (" --solve" if args.solve else "") + "`.",
+        "",
+        f"Env steps per second over {args.steps} steps of `learn` (after one warm-up rollout), one process:",
+        "",
+        "| what | env steps/s | vs RecurrentPPO (defaults) | vs SB3 PPO |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {name} | {value:.0f} | {value / rppo:.2f}x | {value / ppo:.2f}x |" for name, value in rows]
+    lines += [
+        "",
+        f"- SparcPPO-sparc (8 slots filled) / RecurrentPPO defaults: **{sparc8 / rppo:.2f}x** (target >= 4x); "
+        f"/ RecurrentPPO with the same epochs and batch: {sparc8 / rppo_same:.2f}x.",
+        f"- SparcPPO-sparc (0 slots) / SB3 PPO: **{sparc0 / ppo:.2f}x**; with 8 slots filled: "
+        f"**{sparc8 / ppo:.2f}x** (target >= 0.5x).",
+        f"- Step cost growth from 1 to 8 filled slots: **{sparc1 / sparc8:.2f}x** (target <= 1.5x).",
+    ]
+    if args.solve:
+        lines += ["", f"Time to 0.9 success (deterministic, 50 episodes, checked every 8192 steps, budget "
+                  f"{args.solve_budget} steps):", "", "| agent | training seconds | env steps | success |",
+                  "|---|---|---|---|"]
+        contenders = {
+            "SparcPPO sparc core": SparcPPO("MlpSparcPolicy", vec_env(args.seed), n_steps=N_STEPS, seed=args.seed,
+                                            policy_kwargs=dict(core="sparc", hidden_size=HIDDEN, n_slots=8)),
+            "RecurrentPPO LSTM-64 (defaults)": RecurrentPPO("MlpLstmPolicy", vec_env(args.seed), n_steps=N_STEPS,
+                                                            seed=args.seed, device="cpu",
+                                                            policy_kwargs=dict(lstm_hidden_size=HIDDEN)),
+        }
+        for name, model in contenders.items():
+            seconds, steps, success = time_to_solve(name, model, args.solve_budget)
+            shown = f"{seconds:.0f}" if seconds is not None else f"not reached (best {success:.2f})"
+            lines.append(f"| {name} | {shown} | {steps} | {success:.2f} |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

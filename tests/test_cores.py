@@ -1,0 +1,128 @@
+import pytest
+import torch as th
+
+from sparc_rl.cores import CORES, SparcCore, make_core
+from sparc_rl.errors import ConfigError
+
+INPUT, HIDDEN = 6, 8
+
+
+def _filled_sparc(n_slots: int = 3, filled: int = 1, **kwargs) -> SparcCore:
+    th.manual_seed(0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=n_slots, **kwargs)
+    for _ in range(filled):
+        core.consolidate(th.randn(10, 4, INPUT), th.zeros(10, 4))
+    return core
+
+
+@pytest.mark.parametrize("name", sorted(CORES))
+def test_step_and_unroll_shapes(name):
+    core = make_core(name, INPUT, HIDDEN)
+    state = core.initial_state(5)
+    assert state.shape == (5, core.state_size)
+    out, new_state = core.step(th.randn(5, INPUT), state)
+    assert out.shape == (5, HIDDEN) and new_state.shape == state.shape
+    outs, final = core.unroll(th.randn(7, 5, INPUT), state, th.zeros(7, 5))
+    assert outs.shape == (7, 5, HIDDEN) and final.shape == state.shape
+
+
+@pytest.mark.parametrize("name", sorted(CORES))
+def test_unroll_resets_state_where_episode_starts(name):
+    core = _filled_sparc() if name == "sparc" else make_core(name, INPUT, HIDDEN)
+    x = th.randn(6, 3, INPUT)
+    starts = th.zeros(6, 3)
+    starts[3, 1] = 1.0
+    random_state = th.randn(3, core.state_size)
+    outs, _ = core.unroll(x, random_state, starts)
+    # env 1 restarts at t=3: its outputs from t=3 on equal a fresh unroll of x[3:] from zeros
+    fresh, _ = core.unroll(x[3:, 1:2], core.initial_state(1), th.zeros(3, 1))
+    assert th.allclose(outs[3:, 1], fresh[:, 0], atol=1e-6)
+    # env 0 does not restart: its outputs depend on the random initial state
+    plain, _ = core.unroll(x[:, 0:1], core.initial_state(1), th.zeros(6, 1))
+    assert not th.allclose(outs[:, 0], plain[:, 0], atol=1e-4)
+
+
+def test_gradients_reach_every_trainable_part_of_sparc():
+    core = _filled_sparc()
+    # a familiar context (the key's own inputs) so the gate's learned part matters
+    x = th.randn(12, 4, INPUT)
+    outs, _ = core.unroll(x, core.initial_state(4), th.zeros(12, 4))
+    outs.pow(2).sum().backward()
+    for name, param in core.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_written_slots_are_unchanged_by_later_training():
+    core = _filled_sparc(filled=2)
+    probe_x = th.randn(4, INPUT)
+    probe_h = th.randn(4, 2, HIDDEN)
+    before_out, before_state = core.slot_step(probe_x, probe_h, 2)
+    buffers_before = {n: b.clone() for n, b in core.named_buffers() if n.startswith(("slot_weight", "slot_bias", "key"))}
+    optimizer = th.optim.Adam(core.parameters(), lr=1e-2)
+    for _ in range(20):
+        outs, _ = core.unroll(th.randn(8, 4, INPUT), core.initial_state(4), th.zeros(8, 4))
+        loss = (outs - 1.0).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after_out, after_state = core.slot_step(probe_x, probe_h, 2)
+    assert th.equal(before_out, after_out) and th.equal(before_state, after_state)
+    for name, buffer in core.named_buffers():
+        if name in buffers_before:
+            assert th.equal(buffers_before[name], buffer), name
+
+
+def test_consolidation_copies_plastic_path_into_slot():
+    core = _filled_sparc(filled=0)
+    x, h = th.randn(4, INPUT), th.randn(4, HIDDEN)
+    plastic_out, _ = core.plastic_step(x, h)
+    core.consolidate(th.randn(10, 4, INPUT), th.zeros(10, 4))
+    slot_out, _ = core.slot_step(x, h.unsqueeze(1), 1)
+    assert th.allclose(slot_out[:, 0], plastic_out, atol=1e-5)
+    # and the plastic path was shrunk and perturbed for the next task
+    assert not th.allclose(core.plastic_step(x, h)[0], plastic_out, atol=1e-4)
+
+
+def test_evict_replaces_least_used_slot_when_full():
+    core = _filled_sparc(n_slots=2, filled=2, memory_policy="evict")
+    core.slot_usage.copy_(th.tensor([5.0, 1.0]))
+    new_key = th.full((10, 4, INPUT), 3.0)
+    core.consolidate(new_key, th.zeros(10, 4))
+    assert int(core.n_filled) == 2
+    assert th.allclose(core.key_mean[1], th.full((INPUT,), 3.0))
+
+
+def test_merge_joins_the_two_closest_slots_when_full():
+    th.manual_seed(0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=3, memory_policy="merge")
+    for centre in (0.0, 0.1, 10.0):
+        core.consolidate(centre + 0.01 * th.randn(10, 4, INPUT), th.zeros(10, 4))
+    core.consolidate(th.full((10, 4, INPUT), -10.0), th.zeros(10, 4))
+    means = sorted(float(m.mean()) for m in core.key_mean)
+    assert means[0] == pytest.approx(-10.0, abs=0.01)
+    assert means[1] == pytest.approx(0.05, abs=0.02)  # the 0.0 and 0.1 slots merged
+    assert means[2] == pytest.approx(10.0, abs=0.02)
+
+
+def test_gate_leans_on_memory_only_in_familiar_contexts():
+    core = _filled_sparc(filled=0, context_rate=1.0)
+    familiar = th.zeros(10, 4, INPUT)
+    core.consolidate(familiar + 0.1 * th.randn(10, 4, INPUT), th.zeros(10, 4))
+    with th.no_grad():
+        core.diagnostics()
+        core.step(th.zeros(4, INPUT), core.initial_state(4))
+        near = core.diagnostics()["gate_mean"]
+        core.step(th.full((4, INPUT), 50.0), core.initial_state(4))
+        far = core.diagnostics()["gate_mean"]
+    assert near > 0.5 and far < 0.01
+
+
+def test_bad_core_settings_give_clear_errors():
+    with pytest.raises(ConfigError, match="Unknown core 'transformer'"):
+        make_core("transformer", INPUT, HIDDEN)
+    with pytest.raises(ConfigError, match="hidden_size must be a positive integer"):
+        make_core("gru", INPUT, 0)
+    with pytest.raises(ConfigError, match="does not take \\['n_slot'\\]"):
+        make_core("sparc", INPUT, HIDDEN, n_slot=3)
+    with pytest.raises(ConfigError, match="n_slots must be >= 0"):
+        make_core("sparc", INPUT, HIDDEN, n_slots=-1)

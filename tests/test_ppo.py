@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from sparc_rl import SparcPPO
+from sparc_rl.errors import ConfigError
+
+SMALL = dict(n_steps=32, batch_size=64, n_epochs=2, seq_len=16)
+
+
+def masked_cartpole(n_envs=2, seed=0):
+    return make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=n_envs, seed=seed, env_kwargs={"max_steps": 40})
+
+
+def small_model(core="sparc", n_envs=2, **policy_kwargs):
+    return SparcPPO("MlpSparcPolicy", masked_cartpole(n_envs), seed=0,
+                    policy_kwargs=dict(core=core, hidden_size=16, **policy_kwargs), **SMALL)
+
+
+@pytest.mark.parametrize("core", ["sparc", "lstm", "gru"])
+def test_learn_runs_for_every_core(core):
+    model = small_model(core)
+    model.learn(128)
+    assert model.num_timesteps == 128
+    assert model.rollout_buffer.states.shape == (32, 2, model.policy.state_size)
+
+
+def test_recomputed_log_probs_match_rollout_before_any_update():
+    """The chunked unroll from stored states must reproduce exactly what the rollout computed."""
+    model = small_model("sparc", n_slots=2)
+    model.learn(64)
+    model.consolidate()  # a filled slot, so memory and gate take part
+    model.learn(64, reset_num_timesteps=False)
+    # collect a fresh rollout without training on it
+    from stable_baselines3.common.callbacks import CallbackList
+
+    callback = CallbackList([])
+    callback.init_callback(model)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
+    assert model.rollout_buffer.episode_starts[1:].sum() > 0  # resets inside chunks are exercised
+    with th.no_grad():
+        for batch in model.rollout_buffer.get_sequences(64, 16):
+            values, log_prob, _ = model.policy.evaluate_sequences(
+                batch.observations, batch.actions.long().flatten(), batch.states, batch.episode_starts
+            )
+            assert th.allclose(log_prob, batch.old_log_prob, atol=1e-5)
+            assert th.allclose(values.flatten(), batch.old_values, atol=1e-5)
+
+
+def test_predict_with_and_without_state():
+    model = small_model()
+    model.learn(64)
+    env = masked_cartpole(n_envs=3)
+    obs = env.reset()
+    actions, state = model.predict(obs)
+    assert actions.shape == (3,) and state.shape == (3, model.policy.state_size)
+    actions2, state2 = model.predict(obs, state=state, episode_start=np.zeros(3), deterministic=True)
+    assert not np.allclose(state, state2)
+    # an episode start resets the state: same as starting from None
+    reset_actions, reset_state = model.predict(obs, state=state2, episode_start=np.ones(3), deterministic=True)
+    fresh_actions, fresh_state = model.predict(obs, state=None, deterministic=True)
+    np.testing.assert_allclose(reset_state, fresh_state, atol=1e-6)
+    np.testing.assert_array_equal(reset_actions, fresh_actions)
+    # a single (non-vectorised) observation gives a single action
+    single, single_state = model.predict(obs[0])
+    assert np.ndim(single) == 0 and single_state.shape == (1, model.policy.state_size)
+    with pytest.raises(ValueError, match="state has 5 values per env"):
+        model.predict(obs, state=np.zeros((3, 5)))
+
+
+def test_evaluate_policy_works():
+    model = small_model()
+    model.learn(64)
+    mean, std = evaluate_policy(model, masked_cartpole(2), n_eval_episodes=4)
+    assert 1 <= mean <= 40
+
+
+def test_save_load_round_trip_keeps_memory_and_actions(tmp_path):
+    model = small_model("sparc", n_slots=3)
+    model.learn(64)
+    model.consolidate()
+    model.learn(64, reset_num_timesteps=False)
+    model.consolidate()
+    obs = masked_cartpole(4, seed=5).reset()
+    expected, expected_state = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "model.zip")
+
+    loaded = SparcPPO.load(tmp_path / "model.zip", env=masked_cartpole(n_envs=4))  # a different number of envs
+    assert loaded.n_envs == 4
+    assert int(loaded.policy.actor_core.n_filled) == 2
+    for name, buffer in model.policy.named_buffers():
+        assert th.equal(buffer, dict(loaded.policy.named_buffers())[name]), name
+    actions, state = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(actions, expected)
+    np.testing.assert_allclose(state, expected_state)
+    # protected parts stay frozen after loading, and training goes on with the slots intact
+    assert not any(p.requires_grad for p in loaded.policy.action_net.parameters())
+    slots = loaded.policy.actor_core.slot_weight_hh.clone()
+    loaded.learn(256)
+    assert th.equal(slots, loaded.policy.actor_core.slot_weight_hh)
+
+
+def test_consolidate_before_any_rollout_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="call learn\\(\\) first"):
+        small_model().consolidate()
+
+
+def test_bad_policy_kwargs_and_settings_give_clear_errors():
+    with pytest.raises(ConfigError, match="Unknown core 'lstmm'"):
+        small_model("lstmm")
+    with pytest.raises(ConfigError, match="Invalid policy_kwargs"):
+        SparcPPO("MlpSparcPolicy", masked_cartpole(), policy_kwargs={"hiden_size": 3}, **SMALL)
+    with pytest.raises(ConfigError, match="seq_len \\(7\\) must be positive and divide n_steps"):
+        SparcPPO("MlpSparcPolicy", masked_cartpole(), n_steps=32, seq_len=7)
+    with pytest.raises(ConfigError, match="batch_size \\(40\\) must be a multiple of seq_len"):
+        SparcPPO("MlpSparcPolicy", masked_cartpole(), n_steps=32, batch_size=40, seq_len=16)
+
+
+def test_cnn_policy_runs_on_minigrid_images():
+    import gymnasium as gym
+
+    from sparc_rl.envs import MinigridImageTask
+
+    env = make_vec_env(lambda: MinigridImageTask(gym.make("MiniGrid-DoorKey-5x5-v0")), n_envs=2, seed=0)
+    model = SparcPPO("CnnSparcPolicy", env, seed=0, policy_kwargs=dict(hidden_size=16), **SMALL)
+    model.learn(64)
+    actions, _ = model.predict(env.reset())
+    assert actions.shape == (2,)
+
+
+def test_plugins_hooks_and_auxiliary_loss_are_called():
+    from sparc_rl.plugins import ContinualPlugin
+
+    class Recorder(ContinualPlugin):
+        def __init__(self):
+            self.events, self.aux_calls = [], 0
+
+        def on_task_start(self, model, task):
+            self.events.append(("start", task))
+
+        def on_task_end(self, model, task):
+            self.events.append(("end", task))
+
+        def auxiliary_loss(self, model, batch):
+            self.aux_calls += 1
+            return th.zeros(())
+
+    recorder = Recorder()
+    model = SparcPPO("MlpSparcPolicy", masked_cartpole(), plugins=[recorder], **SMALL)
+    model.start_task("a")
+    model.learn(64)
+    model.end_task()
+    assert recorder.events == [("start", "a"), ("end", "a")]
+    assert recorder.aux_calls == 2  # 2 epochs x 1 minibatch per rollout
