@@ -169,11 +169,12 @@ class SparcCore(RecurrentCore):
         nn.init.constant_(self.gate.bias, 2.0)  # start by trusting memory where it is familiar
 
         k, h, f = n_slots, hidden_size, input_size
-        self.register_buffer("slot_weight_ih", th.zeros(k, 3 * h, f))
+        # Slot input weights have the copied input LayerNorm's affine folded in, and are stacked so
+        # that one matmul feeds every slot: rows [3H * k, 3H * (k + 1)) belong to slot k.
+        self.register_buffer("slot_weight_in", th.zeros(k * 3 * h, f))
+        self.register_buffer("slot_bias_in", th.zeros(k * 3 * h))
         self.register_buffer("slot_weight_hh", th.zeros(k, 3 * h, h))
-        self.register_buffer("slot_bias_ih", th.zeros(k, 3 * h))
         self.register_buffer("slot_bias_hh", th.zeros(k, 3 * h))
-        self.register_buffer("slot_input_norm", th.zeros(k, 2, f))
         self.register_buffer("slot_output_norm", th.zeros(k, 2, h))
         self.register_buffer("key_mean", th.zeros(k, f))
         self.register_buffer("key_var", th.ones(k, f))
@@ -211,11 +212,14 @@ class SparcCore(RecurrentCore):
         new = self.cell(self.input_norm(x), plastic)
         return self.output_norm(new), new
 
-    def slot_step(self, x: th.Tensor, slots: th.Tensor, n: int) -> tuple[th.Tensor, th.Tensor]:
-        """The first ``n`` memory slots on input ``x``: outputs and new hidden states ``(B, n, H)``."""
-        norm_in = self.slot_input_norm[:n]
-        xn = F.layer_norm(x, (self.input_size,)).unsqueeze(1) * norm_in[:, 0] + norm_in[:, 1]
-        gi = th.einsum("bkf,kgf->bkg", xn, self.slot_weight_ih[:n]) + self.slot_bias_ih[:n]
+    def _slot_inputs(self, x: th.Tensor, n: int) -> th.Tensor:
+        """Input gates of the first ``n`` slots, ``(..., n, 3H)``, from one matmul."""
+        normed = F.layer_norm(x, (self.input_size,))
+        rows = n * 3 * self.hidden_size
+        gates = F.linear(normed, self.slot_weight_in[:rows], self.slot_bias_in[:rows])
+        return gates.reshape(*x.shape[:-1], n, 3 * self.hidden_size)
+
+    def _slot_recurrence(self, gi: th.Tensor, slots: th.Tensor, n: int) -> tuple[th.Tensor, th.Tensor]:
         gh = th.einsum("bkh,kgh->bkg", slots, self.slot_weight_hh[:n]) + self.slot_bias_hh[:n]
         i_r, i_z, i_n = gi.chunk(3, dim=-1)
         h_r, h_z, h_n = gh.chunk(3, dim=-1)
@@ -227,6 +231,29 @@ class SparcCore(RecurrentCore):
         out = F.layer_norm(new, (self.hidden_size,)) * norm_out[:, 0] + norm_out[:, 1]
         return out, new
 
+    def slot_step(self, x: th.Tensor, slots: th.Tensor, n: int) -> tuple[th.Tensor, th.Tensor]:
+        """The first ``n`` memory slots on input ``x``: outputs and new hidden states ``(B, n, H)``."""
+        return self._slot_recurrence(self._slot_inputs(x, n), slots, n)
+
+    def _read_memory(self, slot_out: th.Tensor, context: th.Tensor, weight: th.Tensor, n: int
+                     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """Attention-weighted memory read-out, the attention, and the familiarity ``(B, 1)``."""
+        distances = self._distances(context, weight, n)
+        attention = th.softmax(-distances / self.router_temperature, dim=1)
+        memory = (attention.unsqueeze(-1) * slot_out).sum(1)
+        nearest = distances.min(dim=1, keepdim=True).values
+        familiarity = th.sigmoid((self.familiarity_threshold - nearest) / self.familiarity_temperature)
+        return memory, attention, familiarity
+
+    def _mix(self, x: th.Tensor, plastic_out: th.Tensor, memory: th.Tensor, familiarity: th.Tensor
+             ) -> tuple[th.Tensor, th.Tensor]:
+        if self.use_gate:
+            learned = th.sigmoid(self.gate(th.cat([self.input_norm(x), plastic_out], dim=1)))
+            gate = familiarity * learned
+        else:
+            gate = th.full_like(plastic_out, 0.5)
+        return gate * memory + (1 - gate) * plastic_out, gate
+
     # -- the cell ------------------------------------------------------------------------------
     def step(self, x: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         plastic, slots, context, weight = self._split(state)
@@ -237,18 +264,10 @@ class SparcCore(RecurrentCore):
             unused_slots = state[:, self.hidden_size : -1 - self.input_size]
             return plastic_out, th.cat([plastic_new, unused_slots, context, weight], dim=1)
 
-        slot_out, slot_new = self.slot_step(x, slots[:, :n], n)
-        distances = self._distances(context, weight, n)
-        attention = th.softmax(-distances / self.router_temperature, dim=1)
-        memory = (attention.unsqueeze(-1) * slot_out).sum(1)
-        if self.use_gate:
-            nearest = distances.min(dim=1, keepdim=True).values
-            familiarity = th.sigmoid((self.familiarity_threshold - nearest) / self.familiarity_temperature)
-            learned = th.sigmoid(self.gate(th.cat([self.input_norm(x), plastic_out], dim=1)))
-            gate = familiarity * learned
-        else:
-            gate = th.full_like(plastic_out, 0.5)
-        out = gate * memory + (1 - gate) * plastic_out
+        with th.no_grad():  # memory is frozen: no graph for it
+            slot_out, slot_new = self.slot_step(x, slots[:, :n], n)
+            memory, attention, familiarity = self._read_memory(slot_out, context, weight, n)
+        out, gate = self._mix(x, plastic_out, memory, familiarity)
 
         if not th.is_grad_enabled():  # acting, not training: keep usage statistics for logs
             self.slot_usage[:n] += attention.sum(0)
@@ -259,6 +278,36 @@ class SparcCore(RecurrentCore):
             slot_new = th.cat([slot_new, slots[:, n:]], dim=1)
         new_state = th.cat([plastic_new, slot_new.reshape(x.shape[0], -1), context, weight], dim=1)
         return out, new_state
+
+    def unroll(
+        self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """As :meth:`RecurrentCore.unroll`; the frozen memory path runs first, without autograd, with
+        its input projections for all time steps in one matmul."""
+        n = int(self.n_filled)
+        if n == 0:
+            return super().unroll(x, state, episode_starts)
+        keep = (1.0 - episode_starts).unsqueeze(-1)
+        plastic, slots, context, weight = self._split(state)
+        memories, familiarities, slot_states = [], [], slots[:, :n]
+        with th.no_grad():
+            slot_inputs = self._slot_inputs(x, n)
+            for t in range(x.shape[0]):
+                slot_states = slot_states * keep[t].unsqueeze(-1)
+                context, weight = self._update_context(context * keep[t], weight * keep[t], x[t])
+                slot_out, slot_states = self._slot_recurrence(slot_inputs[t], slot_states, n)
+                memory, _, familiarity = self._read_memory(slot_out, context, weight, n)
+                memories.append(memory)
+                familiarities.append(familiarity)
+        outputs = []
+        for t in range(x.shape[0]):
+            plastic_out, plastic = self.plastic_step(x[t], plastic * keep[t])
+            out, _ = self._mix(x[t], plastic_out, memories[t], familiarities[t])
+            outputs.append(out)
+        if n < self.n_slots:
+            slot_states = th.cat([slot_states, slots[:, n:]], dim=1)
+        final = th.cat([plastic, slot_states.reshape(x.shape[1], -1), context, weight], dim=1)
+        return th.stack(outputs), final
 
     # -- memory management ---------------------------------------------------------------------
     def contexts(self, features: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
@@ -283,12 +332,12 @@ class SparcCore(RecurrentCore):
         # A floor on the variance keeps dimensions that never moved from dominating distances.
         var = contexts.var(0, unbiased=False).clamp_min(1e-2)
         slot = self._free_slot()
-        self.slot_weight_ih[slot] = self.cell.weight_ih
+        rows = slice(slot * 3 * self.hidden_size, (slot + 1) * 3 * self.hidden_size)
+        # W (LN(x) * a + b) + c = (W * a) LN(x) + (W b + c): fold the input norm's affine into the slot
+        self.slot_weight_in[rows] = self.cell.weight_ih * self.input_norm.weight
+        self.slot_bias_in[rows] = self.cell.bias_ih + self.cell.weight_ih @ self.input_norm.bias
         self.slot_weight_hh[slot] = self.cell.weight_hh
-        self.slot_bias_ih[slot] = self.cell.bias_ih
         self.slot_bias_hh[slot] = self.cell.bias_hh
-        self.slot_input_norm[slot, 0] = self.input_norm.weight
-        self.slot_input_norm[slot, 1] = self.input_norm.bias
         self.slot_output_norm[slot, 0] = self.output_norm.weight
         self.slot_output_norm[slot, 1] = self.output_norm.bias
         self.key_mean[slot] = mean
@@ -310,13 +359,17 @@ class SparcCore(RecurrentCore):
         """Merge the two slots with the closest keys into one; returns the slot freed."""
         k = self.n_slots
         diff = self.key_mean.unsqueeze(0) - self.key_mean.unsqueeze(1)
-        distance = (diff.pow(2) / self.key_var.unsqueeze(0)).mean(-1) + th.eye(k) * float("inf")
+        distance = (diff.pow(2) / self.key_var.unsqueeze(0)).mean(-1)
+        distance.fill_diagonal_(float("inf"))
         a, b = divmod(int(distance.argmin()), k)
         wa, wb = self.key_count[a], self.key_count[b]
         share = wa / (wa + wb)
-        for buffer in (self.slot_weight_ih, self.slot_weight_hh, self.slot_bias_ih, self.slot_bias_hh,
-                       self.slot_input_norm, self.slot_output_norm):
-            buffer[a] = share * buffer[a] + (1 - share) * buffer[b]
+        rows_a = slice(a * 3 * self.hidden_size, (a + 1) * 3 * self.hidden_size)
+        rows_b = slice(b * 3 * self.hidden_size, (b + 1) * 3 * self.hidden_size)
+        for buffer, index_a, index_b in ((self.slot_weight_in, rows_a, rows_b), (self.slot_bias_in, rows_a, rows_b),
+                                         (self.slot_weight_hh, a, b), (self.slot_bias_hh, a, b),
+                                         (self.slot_output_norm, a, b)):
+            buffer[index_a] = share * buffer[index_a] + (1 - share) * buffer[index_b]
         mean = share * self.key_mean[a] + (1 - share) * self.key_mean[b]
         self.key_var[a] = (
             share * (self.key_var[a] + (self.key_mean[a] - mean) ** 2)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import os
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -18,7 +19,9 @@ TINY_TASKS = [
 
 
 def tiny_curriculum_dict() -> dict:
-    return {"name": "tiny", "boundary": "announced", "eval_episodes": 4, "eval_every": 2, "tasks": TINY_TASKS}
+    return copy.deepcopy(
+        {"name": "tiny", "boundary": "announced", "eval_episodes": 4, "eval_every": 2, "tasks": TINY_TASKS}
+    )
 
 
 @pytest.fixture

@@ -1,0 +1,63 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sparc_rl.cli import main
+from tests.conftest import tiny_curriculum_dict
+
+
+def test_list_shows_curricula_agents_and_envs(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("garden-seasons", "minigrid-skills", "cartpole-drift", "sparc-no-memory", "SparcRL/Garden-v0"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--curriculum", "nope"], "Unknown curriculum 'nope'"),
+        (["train", "--agent", "lstn"], "Unknown agent 'lstn'. Did you mean 'lstm'"),
+        (["train", "--steps-per-task", "-3"], "--steps-per-task must be positive"),
+        (["eval", "--model", "missing.zip"], "Checkpoint 'missing.zip' does not exist"),
+        (["play", "--model", "missing.zip", "--env", "CartPole-v9"], "Unknown env id 'CartPole-v9'"),
+        (["train", "--resume", "."], "is not a sparc-rl run directory"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_message_and_write_nothing(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_broken_curriculum_file_from_the_command_line(tmp_path):
+    data = tiny_curriculum_dict()
+    data["tasks"][0]["env"] = "NoSuchEnv-v0"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    before = path.read_text()
+    proc = subprocess.run([sys.executable, "-m", "sparc_rl.cli", "train", "--curriculum", str(path),
+                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown env id 'NoSuchEnv-v0'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists() and path.read_text() == before
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "keep.txt").write_text("precious")
+    assert main(["train", "--run-dir", str(run_dir)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert [p.name for p in run_dir.iterdir()] == ["keep.txt"]
+
+
+def test_unwritable_run_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--run-dir", str(blocker / "run")]) == 2
+    assert "Cannot write to run directory" in capsys.readouterr().err

@@ -1,0 +1,94 @@
+import copy
+
+import pytest
+import yaml
+
+from sparc_rl.agents import list_agents, load_agent, parse_agent
+from sparc_rl.curriculum import list_curricula, load_curriculum, parse_curriculum
+from sparc_rl.errors import ConfigError
+from tests.conftest import tiny_curriculum_dict
+
+
+def test_builtin_curricula_load_and_share_spaces():
+    assert {"minigrid-skills", "garden-seasons", "cartpole-drift"} <= set(list_curricula())
+    for name in list_curricula():
+        curriculum = load_curriculum(name)
+        assert curriculum.tasks and all(task.steps > 0 for task in curriculum.tasks)
+    minigrid = load_curriculum("minigrid-skills")
+    assert len({task.env_id for task in minigrid.tasks}) >= 4
+    garden = load_curriculum("garden-seasons")
+    seasons = [task.kwargs["season"] for task in garden.tasks]
+    assert len(set(seasons)) >= 4 and seasons[-1] in seasons[:-1]  # a season returns
+
+
+def test_builtin_agents_load():
+    assert {"sparc", "sparc-no-memory", "sparc-no-gate", "lstm", "gru", "lstm-ewc", "recurrent-ppo"} <= set(
+        list_agents())
+    for name in list_agents():
+        assert load_agent(name).name == name
+
+
+def test_path_to_a_yaml_file_loads(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(tiny_curriculum_dict()))
+    assert load_curriculum(path).task_names == ["short", "reversed"]
+
+
+def _broken(mutate):
+    data = copy.deepcopy(tiny_curriculum_dict())
+    mutate(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda d: d["tasks"][1].update(env="SparcRL/DriftingCartPol-v0"),
+         "task 'reversed': unknown env id 'SparcRL/DriftingCartPol-v0'. Did you mean 'SparcRL/DriftingCartPole-v0'"),
+        (lambda d: d["tasks"][0].pop("steps"), "task 'short': missing key\\(s\\) \\['steps'\\]"),
+        (lambda d: d["tasks"][0].update(steps=-5), "task 'short': 'steps' must be a positive integer, got -5"),
+        (lambda d: d["tasks"][0].update(stepz=5), "task 'short': unknown key\\(s\\) \\['stepz'\\]"),
+        (lambda d: d.update(colour="red"), "unknown key\\(s\\) \\['colour'\\]"),
+        (lambda d: d.update(boundary="sometimes"), "'boundary' must be one of"),
+        (lambda d: d.update(tasks=[]), "'tasks' must be a non-empty list"),
+        (lambda d: d["tasks"][1].update(name="short"), "task names must be unique"),
+        (lambda d: d["tasks"][0].update(wrappers=["sparkle"]), "unknown wrapper 'sparkle'"),
+    ],
+)
+def test_each_validation_error_has_one_clear_message(mutate, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_curriculum(_broken(mutate), "mine.yaml")
+
+
+def test_tasks_with_different_spaces_are_named_with_both_spaces(tmp_path):
+    data = _broken(lambda d: d["tasks"][1].update(wrappers=[]))
+    path = tmp_path / "spaces.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"task 'reversed' has observation space Box\(.*\(2,\).* but task 'short' has Box"):
+        load_curriculum(path)
+
+
+def test_unknown_name_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="Unknown curriculum 'garden-season'. Did you mean 'garden-seasons'"):
+        load_curriculum("garden-season")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ntasks: [\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_curriculum(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_curriculum(listing)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_curriculum(tmp_path / "missing.yaml")
+
+
+def test_agent_validation():
+    with pytest.raises(ConfigError, match="unknown plugin 'ewcc'"):
+        parse_agent({"name": "a", "plugins": ["ewcc"]})
+    with pytest.raises(ConfigError, match="'algorithm' must be one of"):
+        parse_agent({"name": "a", "algorithm": "dqn"})
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) \\['polcy'\\]"):
+        parse_agent({"name": "a", "polcy": "x"})
+    with pytest.raises(ConfigError, match="Unknown agent 'sparcc'. Did you mean 'sparc'"):
+        load_agent("sparcc")

@@ -1,0 +1,99 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+from stable_baselines3.common.env_util import make_vec_env
+
+from sparc_rl import SparcPPO
+from sparc_rl.cli import main
+from sparc_rl.errors import CheckpointError, SpaceMismatchError
+from sparc_rl.inference import SparcAgent
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    env = make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=2, seed=0, env_kwargs={"max_steps": 40})
+    model = SparcPPO("MlpSparcPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seq_len=16, seed=0,
+                     policy_kwargs=dict(hidden_size=16, n_slots=2))
+    model.learn(64)
+    model.consolidate()
+    path = tmp_path_factory.mktemp("model") / "model.zip"
+    model.save(path)
+    return path
+
+
+def test_agent_matches_predict_with_state_passed_by_hand(saved_model):
+    env = gym.make("SparcRL/DriftingCartPole-v0", max_steps=40)
+    agent = SparcAgent.load(saved_model, env=env)
+    model = SparcPPO.load(saved_model)
+    obs, _ = env.reset(seed=1)
+    agent.reset()
+    state, start = None, np.ones(1)
+    for _ in range(60):
+        expected, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        action = agent.act(obs)
+        assert action == int(expected)
+        obs, _, terminated, truncated, _ = env.step(action)
+        start = np.zeros(1)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            agent.reset()
+            state, start = None, np.ones(1)
+
+
+def test_agent_on_a_vec_env(saved_model):
+    venv = make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=3, seed=0, env_kwargs={"max_steps": 40})
+    agent = SparcAgent.load(saved_model, env=venv)
+    obs = venv.reset()
+    for _ in range(50):
+        actions = agent.act(obs)
+        assert actions.shape == (3,)
+        obs, _, dones, _ = venv.step(actions)
+        agent.episode_done(dones)
+
+
+def test_mismatched_spaces_name_both_and_suggest_a_wrapper(saved_model):
+    with pytest.raises(SpaceMismatchError, match=r"expects observations Box.*\(2,\).* env gives Dict.*MinigridImageTask"):
+        SparcAgent.load(saved_model, env=gym.make("SparcRL/Garden-v0"))
+    with pytest.raises(SpaceMismatchError, match=r"expects observations .* but the env gives Box.*\(4,\)"):
+        SparcAgent.load(saved_model, env=gym.make("CartPole-v1"))
+
+
+def test_corrupt_and_truncated_checkpoints(saved_model, tmp_path):
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(saved_model.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        SparcAgent.load(truncated)
+    text = tmp_path / "notes.zip"
+    text.write_text("not a model")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        SparcAgent.load(text)
+
+
+def test_play_prints_returns_and_records_a_gif(saved_model, tmp_path, capsys):
+    gif = tmp_path / "play.gif"
+    code = main(["play", "--model", str(saved_model), "--env", "SparcRL/DriftingCartPole-v0",
+                 "--env-kwargs", '{"max_steps": 20}', "--episodes", "2", "--record", str(gif)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "episode 0: return" in out and "episode 1: return" in out
+    assert gif.stat().st_size > 1000
+
+
+def test_play_with_mismatched_env_is_a_clear_error(saved_model, capsys):
+    assert main(["play", "--model", str(saved_model), "--env", "CartPole-v1"]) == 2
+    assert "expects observations" in capsys.readouterr().err
+
+
+def test_eval_prints_the_score_table(saved_model, tmp_path, capsys):
+    import yaml
+
+    from tests.conftest import tiny_curriculum_dict
+
+    data = tiny_curriculum_dict()
+    for task in data["tasks"]:
+        task["wrappers"] = []
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["eval", "--model", str(saved_model), "--curriculum", str(path), "--episodes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "short" in out and "reversed" in out and "average" in out

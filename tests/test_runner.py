@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sparc_rl.runner import ContinualRunner
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from sparc_rl.agents import AgentSpec
+    from sparc_rl.curriculum import parse_curriculum
+    from tests.conftest import tiny_curriculum_dict
+
+    agent = AgentSpec(name="tiny-sparc", policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
+                      algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seq_len": 16}, n_envs=2)
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    runner = ContinualRunner(parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=3, run_dir=run_dir,
+                             progress=False)
+    return runner, runner.run()
+
+
+def test_run_writes_every_output(finished_run):
+    runner, result = finished_run
+    names = {p.name for p in result.run_dir.iterdir()}
+    assert {"config.json", "state.json", "metrics.json", "retention.csv", "retention.png", "learning_curves.png",
+            "report.md", "tb", "checkpoints"} <= names
+    checkpoints = {p.name for p in (result.run_dir / "checkpoints").iterdir()}
+    assert {"task-0-short.zip", "task-1-reversed.zip"} <= checkpoints
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["seed"] == 3 and config["versions"]["torch"] and config["command"]
+    assert "Score matrix" in (result.run_dir / "report.md").read_text()
+
+
+def test_metrics_json_matches_the_logged_matrix(finished_run):
+    runner, result = finished_run
+    data = json.loads((result.run_dir / "metrics.json").read_text())
+    for key in ("tasks", "matrix", "average_performance", "forgetting", "backward_transfer", "forward_transfer"):
+        assert key in data
+    assert data["tasks"] == ["short", "reversed"]
+    assert np.asarray(data["matrix"]).shape == (2, 2)
+    assert data["average_performance"] == pytest.approx(np.mean(data["matrix"][-1]))
+
+    events = EventAccumulator(str(result.run_dir / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    for task in ("short", "reversed"):
+        assert f"retention/{task}/success" in tags["scalars"]
+    for key in ("average_performance", "forgetting", "backward_transfer"):
+        assert f"continual/{key}" in tags["scalars"]
+    assert "sparc/gate_mean/short" in tags["scalars"] and "sparc/slots_filled" in tags["scalars"]
+    assert "retention/heatmap" in tags["images"] and "retention/learning_curves" in tags["images"]
+    # the event file's per-task scores, at the end of each stage, are the matrix rows
+    rows = [row for row in runner.state.history if row[1] == max(r[1] for r in runner.state.history if r[0] == row[0])]
+    for stage, (_, _, scores) in enumerate(rows):
+        assert scores == pytest.approx(data["matrix"][stage])
+    logged = [e.value for e in events.Scalars("retention/reversed/success")]
+    assert logged[-1] == pytest.approx(data["matrix"][-1][1])
+    assert len(logged) == len(runner.state.history)
+
+
+def test_memory_was_written_once_per_announced_task(finished_run):
+    runner, _ = finished_run
+    assert int(runner.model.policy.actor_core.n_filled) == 2
