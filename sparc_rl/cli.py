@@ -11,8 +11,11 @@ from sparc_rl.errors import SparcError
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from sparc_rl.runner import ContinualRunner
 
+    torch.set_num_threads(args.threads)
     if args.resume:
         runner = ContinualRunner.resume(args.resume, progress=not args.no_progress)
     else:
@@ -105,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also train single-task references (cached) to measure forward transfer")
     train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--threads", type=int, default=1,
+                       help="torch threads (default 1: fastest for these small networks on a laptop CPU)")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("eval", help="score a saved model on every task of a curriculum")

@@ -15,3 +15,7 @@ class CheckpointError(SparcError):
 
 class SpaceMismatchError(SparcError, ValueError):
     """A policy and an environment disagree on observation or action spaces."""
+
+
+class TrainingDivergedError(SparcError):
+    """Losses, states or gate values became NaN or infinite; the run stopped at its last good checkpoint."""

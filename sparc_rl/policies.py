@@ -46,6 +46,14 @@ class MinigridCNN(BaseFeaturesExtractor):
         return self.linear(self.cnn(observations))
 
 
+def _check_finite(state: th.Tensor) -> None:
+    if not th.isfinite(state).all():
+        raise FloatingPointError(
+            "Non-finite recurrent state (NaN/inf): check the env's observations and rewards, or lower the "
+            "learning rate."
+        )
+
+
 class SparcActorCriticPolicy(ActorCriticPolicy):
     """Actor-critic policy whose actor and critic each run a recurrent core on the features.
 
@@ -146,6 +154,8 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         actor_state, critic_state = self._split_state(state)
         latent_pi, actor_state = self.actor_core.step(features, actor_state)
         latent_vf, critic_state = self.critic_core.step(features, critic_state)
+        _check_finite(actor_state)
+        _check_finite(critic_state)
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)
         latent_vf = self.mlp_extractor.forward_critic(latent_vf)
         distribution = self._get_action_dist_from_latent(latent_pi)
@@ -170,6 +180,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         state = state * (1.0 - episode_start).unsqueeze(-1)
         actor_state, critic_state = self._split_state(state)
         latent_pi, actor_state = self.actor_core.step(features, actor_state)
+        _check_finite(actor_state)
         distribution = self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(latent_pi))
         actions = distribution.get_actions(deterministic=deterministic)
         return actions, th.cat([actor_state, critic_state], dim=1)

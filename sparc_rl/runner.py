@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import AgentSpec, load_agent
 from sparc_rl.curriculum import Curriculum, TaskSpec, load_curriculum
-from sparc_rl.errors import CheckpointError, ConfigError
+from sparc_rl.errors import CheckpointError, ConfigError, TrainingDivergedError
 from sparc_rl.evaluation import evaluate_curriculum, evaluate_task
 from sparc_rl.io import atomic_write_json, atomic_write_text, check_checkpoint_file, save_model_atomically, versions
 from sparc_rl.ppo import SparcPPO
@@ -273,8 +273,8 @@ class ContinualRunner:
             _prepare_run_dir(self.run_dir)
             atomic_write_json(self.run_dir / "config.json", self._config())
         set_random_seed(self.seed)
+        model = self._load_or_build_model()  # before the logger, so a bad checkpoint leaves no new file
         logger = configure(str(self.run_dir / "tb"), ["tensorboard"])
-        model = self._load_or_build_model()
         model.set_logger(logger)
         self.model = model
         total = sum(task.steps for task in self.curriculum.tasks)
@@ -285,6 +285,13 @@ class ContinualRunner:
                 self._run_stage(stage, model, logger, bar)
             self.state.finished = True
             atomic_write_json(self.run_dir / "state.json", self.state.to_dict())
+        except FloatingPointError as error:
+            bar.close()
+            last = self.state.checkpoint or "none yet"
+            raise TrainingDivergedError(
+                f"Training stopped: {error} Last good checkpoint (before the fault): {last}; "
+                f"lower the learning rate in the agent file, then start a new run or resume {self.run_dir}."
+            ) from None
         except KeyboardInterrupt:
             bar.close()
             save_model_atomically(model, self.run_dir / "checkpoints" / "interrupted.zip")

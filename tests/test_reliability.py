@@ -1,0 +1,150 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+import yaml
+
+from sparc_rl import SparcPPO
+from sparc_rl.agents import AgentSpec
+from sparc_rl.cli import main
+from sparc_rl.curriculum import parse_curriculum
+from sparc_rl.runner import ContinualRunner
+from tests.conftest import tiny_curriculum_dict
+
+TINY_AGENT = {
+    "name": "tiny-sparc",
+    "policy_kwargs": {"core": "sparc", "hidden_size": 16, "n_slots": 4},
+    "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seq_len": 16},
+    "n_envs": 2,
+}
+
+
+def _files_snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_task_then_resume_keeps_every_evaluation_once_and_the_memory(tmp_path):
+    curriculum = tiny_curriculum_dict()
+    curriculum["eval_every"] = 4
+    curriculum["tasks"].append({**curriculum["tasks"][0], "name": "third"})
+    for task in curriculum["tasks"]:
+        task["steps"] = 1024
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(TINY_AGENT))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "sparc_rl.cli", "train", "--curriculum", str(tmp_path / "c.yaml"),
+               "--agent", str(tmp_path / "a.yaml"), "--run-dir", str(run_dir), "--no-progress", "--seed", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_path = run_dir / "state.json"
+    killed_at = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state_path.exists():
+            state = json.loads(state_path.read_text())
+            if state["stage"] == 1 and state["steps_in_stage"] > 0:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_at = state
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert killed_at is not None, "the run ended before it could be killed mid-task"
+    task0 = SparcPPO.load(run_dir / "checkpoints" / "task-0-short.zip")
+
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    final = json.loads(state_path.read_text())
+    assert final["finished"]
+    keys = [(stage, steps) for stage, steps, _ in final["history"]]
+    assert len(keys) == len(set(keys)) == 3 * 4  # every evaluation exactly once
+    assert [k for k in keys if k[0] == 0] == [k for k, *_ in [(tuple(r[:2]),) for r in killed_at["history"]]
+                                               if k[0] == 0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["matrix"]) == 3
+    final_model = SparcPPO.load(run_dir / "checkpoints" / "task-2-third.zip")
+    before, after = task0.policy.actor_core, final_model.policy.actor_core
+    assert int(after.n_filled) == 3
+    rows = 3 * before.hidden_size
+    assert th.equal(before.slot_weight_in[:rows], after.slot_weight_in[:rows])
+    assert th.equal(before.slot_weight_hh[0], after.slot_weight_hh[0])
+    assert th.equal(before.key_mean[0], after.key_mean[0])
+
+
+def _tiny_run(run_dir: Path) -> ContinualRunner:
+    agent = AgentSpec(**{**TINY_AGENT, "plugins": ()})
+    runner = ContinualRunner(parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=5, run_dir=run_dir,
+                             progress=False)
+    runner.run()
+    return runner
+
+
+def test_same_seed_same_score_matrix(tmp_path):
+    first, second = _tiny_run(tmp_path / "a"), _tiny_run(tmp_path / "b")
+    assert first.state.matrix == second.state.matrix
+    assert first.state.returns_history == second.state.returns_history
+    for (name, p1), (_, p2) in zip(first.model.policy.state_dict().items(), second.model.policy.state_dict().items(),
+                                   strict=True):
+        assert th.equal(p1, p2), name
+
+
+def test_resume_with_a_truncated_checkpoint_is_a_clear_error_and_changes_nothing(tmp_path, capsys):
+    runner = _tiny_run(tmp_path / "run")
+    state = json.loads((runner.run_dir / "state.json").read_text())
+    state["finished"] = False
+    (runner.run_dir / "state.json").write_text(json.dumps(state))
+    checkpoint = runner.run_dir / state["checkpoint"]
+    checkpoint.write_bytes(checkpoint.read_bytes()[:300])
+    before = _files_snapshot(runner.run_dir)
+    assert main(["train", "--resume", str(runner.run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or truncated" in err and "Traceback" not in err
+    assert _files_snapshot(runner.run_dir) == before
+
+
+def test_resume_of_an_incompatible_state_version(tmp_path, capsys):
+    runner = _tiny_run(tmp_path / "run")
+    state = json.loads((runner.run_dir / "state.json").read_text())
+    state["version"] = 99
+    (runner.run_dir / "state.json").write_text(json.dumps(state))
+    assert main(["train", "--resume", str(runner.run_dir)]) == 2
+    assert "state.json has version 99" in capsys.readouterr().err
+
+
+def test_eval_of_a_model_with_other_spaces(tmp_path, capsys):
+    runner = _tiny_run(tmp_path / "run")
+    assert main(["eval", "--model", str(runner.run_dir / "checkpoints" / "task-1-reversed.zip"),
+                 "--curriculum", "garden-seasons"]) == 2
+    assert "The model expects observations Box" in capsys.readouterr().err
+
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import gymnasium as gym
+
+    from sparc_rl.envs.cartpole import DriftingCartPoleEnv
+    from sparc_rl.errors import TrainingDivergedError
+
+    class NaNAfter(DriftingCartPoleEnv):
+        calls = 0
+
+        def step(self, action):
+            obs, reward, terminated, truncated, info = super().step(action)
+            NaNAfter.calls += 1
+            return obs, float("nan") if NaNAfter.calls > 300 else reward, terminated, truncated, info
+
+    gym.register("Test/NaNCartPole-v0", entry_point=NaNAfter)
+    data = tiny_curriculum_dict()
+    data["tasks"][0]["env"] = data["tasks"][1]["env"] = "Test/NaNCartPole-v0"
+    runner = ContinualRunner(parse_curriculum(data, "nan"), AgentSpec(**TINY_AGENT), seed=0,
+                             run_dir=tmp_path / "run", progress=False)
+    with pytest.raises(TrainingDivergedError, match="Non-finite .*Last good checkpoint") as caught:
+        runner.run()
+    last_good = str(caught.value).split("Last good checkpoint (before the fault): ")[1].split(";")[0]
+    model = SparcPPO.load(tmp_path / "run" / last_good)
+    assert np.isfinite(model.policy.parameters_to_vector()).all()
