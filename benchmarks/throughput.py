@@ -68,20 +68,39 @@ def builders(seed: int) -> dict[str, callable]:
     return {
         "SB3 PPO (MLP 64x64)": lambda: PPO("MlpPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, device="cpu"),
         "RecurrentPPO LSTM-64 (its defaults: 10 epochs, batch 128)": lambda: RecurrentPPO(
-            "MlpLstmPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, device="cpu",
-            policy_kwargs=dict(lstm_hidden_size=HIDDEN)),
+            "MlpLstmPolicy",
+            vec_env(seed),
+            n_steps=N_STEPS,
+            seed=seed,
+            device="cpu",
+            policy_kwargs=dict(lstm_hidden_size=HIDDEN),
+        ),
         "RecurrentPPO LSTM-64 (4 epochs, batch 256, as SparcPPO)": lambda: RecurrentPPO(
-            "MlpLstmPolicy", vec_env(seed), n_steps=N_STEPS, n_epochs=4, batch_size=256, seed=seed, device="cpu",
-            policy_kwargs=dict(lstm_hidden_size=HIDDEN)),
-        "SparcPPO lstm core": lambda: SparcPPO("MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed,
-                                               policy_kwargs=dict(core="lstm", hidden_size=HIDDEN)),
-        "SparcPPO sparc core, 0 slots filled": lambda: SparcPPO("MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS,
-                                                               seed=seed, policy_kwargs=sparc_kwargs),
-        "SparcPPO sparc core, 1 slot filled": lambda: filled(SparcPPO("MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS,
-                                                                      seed=seed, policy_kwargs=sparc_kwargs), 1),
-        "SparcPPO sparc core, 8 slots filled": lambda: filled(SparcPPO("MlpSparcPolicy", vec_env(seed),
-                                                                       n_steps=N_STEPS, seed=seed,
-                                                                       policy_kwargs=sparc_kwargs), 8),
+            "MlpLstmPolicy",
+            vec_env(seed),
+            n_steps=N_STEPS,
+            n_epochs=4,
+            batch_size=256,
+            seed=seed,
+            device="cpu",
+            policy_kwargs=dict(lstm_hidden_size=HIDDEN),
+        ),
+        "SparcPPO lstm core": lambda: SparcPPO(
+            "MlpSparcPolicy",
+            vec_env(seed),
+            n_steps=N_STEPS,
+            seed=seed,
+            policy_kwargs=dict(core="lstm", hidden_size=HIDDEN),
+        ),
+        "SparcPPO sparc core, 0 slots filled": lambda: SparcPPO(
+            "MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, policy_kwargs=sparc_kwargs
+        ),
+        "SparcPPO sparc core, 1 slot filled": lambda: filled(
+            SparcPPO("MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, policy_kwargs=sparc_kwargs), 1
+        ),
+        "SparcPPO sparc core, 8 slots filled": lambda: filled(
+            SparcPPO("MlpSparcPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, policy_kwargs=sparc_kwargs), 8
+        ),
     }
 
 
@@ -139,7 +158,8 @@ def main() -> None:
         f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
         f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
         f"sparc-rl {sparc_rl.__version__}. Command: `python benchmarks/throughput.py --steps {args.steps}"
-        + (" --solve" if args.solve else "") + "`.",
+        + (" --solve" if args.solve else "")
+        + "`.",
         "",
         f"Env steps per second over {args.steps} steps of `learn` (after one warm-up rollout), one process:",
         "",
@@ -156,15 +176,30 @@ def main() -> None:
         f"- Step cost growth from 1 to 8 filled slots: **{sparc1 / sparc8:.2f}x** (target <= 1.5x).",
     ]
     if args.solve:
-        lines += ["", f"Time to 0.9 success (deterministic, 50 episodes, checked every 8192 steps, budget "
-                  f"{args.solve_budget} steps):", "", "| agent | training seconds | env steps | success |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Time to 0.9 success (deterministic, 50 episodes, checked every 8192 steps, budget "
+            f"{args.solve_budget} steps):",
+            "",
+            "| agent | training seconds | env steps | success |",
+            "|---|---|---|---|",
+        ]
         contenders = {
-            "SparcPPO sparc core": SparcPPO("MlpSparcPolicy", vec_env(args.seed), n_steps=N_STEPS, seed=args.seed,
-                                            policy_kwargs=dict(core="sparc", hidden_size=HIDDEN, n_slots=8)),
-            "RecurrentPPO LSTM-64 (defaults)": RecurrentPPO("MlpLstmPolicy", vec_env(args.seed), n_steps=N_STEPS,
-                                                            seed=args.seed, device="cpu",
-                                                            policy_kwargs=dict(lstm_hidden_size=HIDDEN)),
+            "SparcPPO sparc core": SparcPPO(
+                "MlpSparcPolicy",
+                vec_env(args.seed),
+                n_steps=N_STEPS,
+                seed=args.seed,
+                policy_kwargs=dict(core="sparc", hidden_size=HIDDEN, n_slots=8),
+            ),
+            "RecurrentPPO LSTM-64 (defaults)": RecurrentPPO(
+                "MlpLstmPolicy",
+                vec_env(args.seed),
+                n_steps=N_STEPS,
+                seed=args.seed,
+                device="cpu",
+                policy_kwargs=dict(lstm_hidden_size=HIDDEN),
+            ),
         }
         for name, model in contenders.items():
             seconds, steps, success = time_to_solve(name, model, args.solve_budget)

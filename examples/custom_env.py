@@ -104,8 +104,9 @@ def main() -> None:
     path = Path(tempfile.mkdtemp()) / "beacon.zip"
     model.save(path)
     agent = SparcAgent.load(path, env=gym.make("MyProject/Beacon-v0"))
-    print(f"success after both variants: right {success_rate(agent, 'right'):.2f}, "
-          f"left {success_rate(agent, 'left'):.2f}")
+    print(
+        f"success after both variants: right {success_rate(agent, 'right'):.2f}, left {success_rate(agent, 'left'):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,17 @@ from sparc_rl.policies import MinigridCNN
 
 ALGORITHMS = ("sparc-ppo", "recurrent-ppo")
 PLUGINS: dict[str, type[ContinualPlugin]] = {"ewc": OnlineEWC, "behaviour-cloning": BehaviourCloning}
-AGENT_KEYS = {"name", "description", "algorithm", "policy", "policy_kwargs", "algorithm_kwargs", "plugins",
-              "n_envs", "consolidate"}
+AGENT_KEYS = {
+    "name",
+    "description",
+    "algorithm",
+    "policy",
+    "policy_kwargs",
+    "algorithm_kwargs",
+    "plugins",
+    "n_envs",
+    "consolidate",
+}
 
 
 @dataclass(frozen=True)
@@ -83,13 +92,27 @@ class AgentSpec:
         if self.algorithm == "recurrent-ppo":
             from sb3_contrib import RecurrentPPO
 
-            return RecurrentPPO(policy, env, seed=seed, policy_kwargs=policy_kwargs, device="cpu",
-                                tensorboard_log=tensorboard_log, **self.algorithm_kwargs)
+            return RecurrentPPO(
+                policy,
+                env,
+                seed=seed,
+                policy_kwargs=policy_kwargs,
+                device="cpu",
+                tensorboard_log=tensorboard_log,
+                **self.algorithm_kwargs,
+            )
         from sparc_rl.ppo import SparcPPO
 
         plugins = [PLUGINS[name](**kwargs) for name, kwargs in self.plugins]
-        return SparcPPO(policy, env, seed=seed, policy_kwargs=policy_kwargs, plugins=plugins,
-                        tensorboard_log=tensorboard_log, **self.algorithm_kwargs)
+        return SparcPPO(
+            policy,
+            env,
+            seed=seed,
+            policy_kwargs=policy_kwargs,
+            plugins=plugins,
+            tensorboard_log=tensorboard_log,
+            **self.algorithm_kwargs,
+        )
 
 
 def list_agents() -> list[str]:

@@ -36,13 +36,27 @@ def _run_job(job: BenchJob) -> dict[str, Any]:
     torch.set_num_threads(job.threads)
     from sparc_rl.runner import ContinualRunner
 
-    runner = ContinualRunner(job.curriculum, job.agent, steps_per_task=job.steps_per_task, seed=job.seed,
-                             run_dir=job.run_dir, eval_episodes=job.eval_episodes, reference=job.reference,
-                             progress=False, command="sparc-rl bench")
+    runner = ContinualRunner(
+        job.curriculum,
+        job.agent,
+        steps_per_task=job.steps_per_task,
+        seed=job.seed,
+        run_dir=job.run_dir,
+        eval_episodes=job.eval_episodes,
+        reference=job.reference,
+        progress=False,
+        command="sparc-rl bench",
+    )
     result = runner.run()
-    return {"agent": job.agent, "seed": job.seed, "run_dir": str(result.run_dir), "metrics": result.metrics,
-            "wall_time_s": result.wall_time_s, "env_steps": result.env_steps,
-            "history": runner.state.history}
+    return {
+        "agent": job.agent,
+        "seed": job.seed,
+        "run_dir": str(result.run_dir),
+        "metrics": result.metrics,
+        "wall_time_s": result.wall_time_s,
+        "env_steps": result.env_steps,
+        "history": runner.state.history,
+    }
 
 
 def _plasticity(metrics: dict[str, Any]) -> float:
@@ -51,8 +65,16 @@ def _plasticity(metrics: dict[str, Any]) -> float:
     return float(np.mean([s is not None for s in steps])) if steps else float("nan")
 
 
-def run_bench(curriculum: str, agents: list[str], seeds: int, out_dir: Path, steps_per_task: int | None = None,
-              eval_episodes: int | None = None, jobs: int | None = None, reference: bool = True) -> Path:
+def run_bench(
+    curriculum: str,
+    agents: list[str],
+    seeds: int,
+    out_dir: Path,
+    steps_per_task: int | None = None,
+    eval_episodes: int | None = None,
+    jobs: int | None = None,
+    reference: bool = True,
+) -> Path:
     """Run the benchmark and write ``results.md``, ``results.csv``, ``results.json`` and plots to ``out_dir``."""
     loaded = load_curriculum(curriculum)
     for agent in agents:
@@ -60,9 +82,18 @@ def run_bench(curriculum: str, agents: list[str], seeds: int, out_dir: Path, ste
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = jobs or max(1, min(os.cpu_count() or 1, len(agents) * seeds))
     work = [
-        BenchJob(curriculum, agent, seed, str(out_dir / f"{Path(agent).stem}-seed{seed}"), steps_per_task,
-                 eval_episodes, reference, threads=max(1, (os.cpu_count() or 1) // jobs))
-        for agent in agents for seed in range(seeds)
+        BenchJob(
+            curriculum,
+            agent,
+            seed,
+            str(out_dir / f"{Path(agent).stem}-seed{seed}"),
+            steps_per_task,
+            eval_episodes,
+            reference,
+            threads=max(1, (os.cpu_count() or 1) // jobs),
+        )
+        for agent in agents
+        for seed in range(seeds)
     ]
     if jobs == 1:
         results = [_run_job(job) for job in work]
@@ -97,8 +128,15 @@ def _ci(value: tuple[float, float, float]) -> str:
     return f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def write_tables(out_dir: Path, rows: list[dict[str, Any]], name: str, curriculum: str, agents: list[str],
-                 seeds: int, steps_per_task: int | None) -> None:
+def write_tables(
+    out_dir: Path,
+    rows: list[dict[str, Any]],
+    name: str,
+    curriculum: str,
+    agents: list[str],
+    seeds: int,
+    steps_per_task: int | None,
+) -> None:
     info = versions()
     command = f"sparc-rl bench --curriculum {curriculum} --agents {','.join(agents)} --seeds {seeds}"
     if steps_per_task:
@@ -112,7 +150,8 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]], name: str, curriculu
         "Mean and 90% bootstrap interval over seeds. Plasticity = fraction of tasks reaching 0.9 success in "
         "their own stage. No task id is given to any agent at evaluation.",
         "",
-        "| agent | seeds | avg performance | forgetting | forward transfer | plasticity | wall time (s) | env steps/s |",
+        "| agent | seeds | avg performance | forgetting | forward transfer | plasticity | wall time (s) "
+        "| env steps/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     csv = ["agent,seeds,metric,mean,low,high"]

@@ -19,9 +19,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         runner = ContinualRunner.resume(args.resume, progress=not args.no_progress)
     else:
-        runner = ContinualRunner(args.curriculum, args.agent, steps_per_task=args.steps_per_task, seed=args.seed,
-                                 run_dir=args.run_dir, eval_episodes=args.eval_episodes, reference=args.reference,
-                                 progress=not args.no_progress)
+        runner = ContinualRunner(
+            args.curriculum,
+            args.agent,
+            steps_per_task=args.steps_per_task,
+            seed=args.seed,
+            run_dir=args.run_dir,
+            eval_episodes=args.eval_episodes,
+            reference=args.reference,
+            progress=not args.no_progress,
+        )
     result = runner.run()
     metrics = result.metrics
     print(f"Run finished in {result.wall_time_s:.0f} s ({result.env_steps} env steps): {result.run_dir}")
@@ -52,8 +59,16 @@ def _play(args: argparse.Namespace) -> int:
     if not isinstance(env_kwargs, dict):
         raise SparcError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}.")
     wrappers = [w for w in (args.wrappers or "").split(",") if w]
-    returns = play(args.model, args.env, args.episodes, env_kwargs, wrappers, args.record, args.seed,
-                   deterministic=not args.stochastic)
+    returns = play(
+        args.model,
+        args.env,
+        args.episodes,
+        env_kwargs,
+        wrappers,
+        args.record,
+        args.seed,
+        deterministic=not args.stochastic,
+    )
     for index, value in enumerate(returns):
         print(f"episode {index}: return {value:.2f}")
     print(f"mean return over {len(returns)} episodes: {sum(returns) / len(returns):.2f}")
@@ -67,8 +82,16 @@ def _bench(args: argparse.Namespace) -> int:
 
     agents = [a for a in args.agents.split(",") if a]
     out = Path(args.out) if args.out else Path("runs") / f"bench-{Path(args.curriculum).stem}"
-    result_dir = run_bench(args.curriculum, agents, args.seeds, out, args.steps_per_task, args.eval_episodes,
-                           args.jobs, reference=not args.no_reference)
+    result_dir = run_bench(
+        args.curriculum,
+        agents,
+        args.seeds,
+        out,
+        args.steps_per_task,
+        args.eval_episodes,
+        args.jobs,
+        reference=not args.no_reference,
+    )
     print((result_dir / "results.md").read_text())
     return 0
 
@@ -82,8 +105,10 @@ def _list(args: argparse.Namespace) -> int:
     print("Curricula (--curriculum):")
     for name in list_curricula():
         curriculum = load_curriculum(name, check_spaces=False)
-        print(f"  {name:18s} {len(curriculum.tasks)} tasks, {curriculum.boundary} boundaries: "
-              + ", ".join(curriculum.task_names))
+        print(
+            f"  {name:18s} {len(curriculum.tasks)} tasks, {curriculum.boundary} boundaries: "
+            + ", ".join(curriculum.task_names)
+        )
     print("Agents (--agent):")
     for name in list_agents():
         print(f"  {name:18s} {load_agent(name).description}")
@@ -104,12 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--run-dir", default=None, help="output folder (default: runs/<curriculum>-<agent>-...)")
     train.add_argument("--eval-episodes", type=int, default=None, help="episodes per task per evaluation")
-    train.add_argument("--reference", action="store_true",
-                       help="also train single-task references (cached) to measure forward transfer")
+    train.add_argument(
+        "--reference",
+        action="store_true",
+        help="also train single-task references (cached) to measure forward transfer",
+    )
     train.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--threads", type=int, default=1,
-                       help="torch threads (default 1: fastest for these small networks on a laptop CPU)")
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: fastest for these small networks on a laptop CPU)",
+    )
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("eval", help="score a saved model on every task of a curriculum")

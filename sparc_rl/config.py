@@ -53,7 +53,9 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{what} file {str(path)!r} is not valid YAML: {error}".replace("\n", " ")) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} file {str(path)!r} must hold a mapping (key: value lines), got {type(data).__name__}.")
+        raise ConfigError(
+            f"{what} file {str(path)!r} must hold a mapping (key: value lines), got {type(data).__name__}."
+        )
     return data
 
 

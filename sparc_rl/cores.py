@@ -39,9 +39,7 @@ class RecurrentCore(nn.Module):
         """One time step: ``(batch, input_size), (batch, state_size) -> output, new state``."""
         raise NotImplementedError
 
-    def unroll(
-        self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor
-    ) -> tuple[th.Tensor, th.Tensor]:
+    def unroll(self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """Unroll a batch of sequences, resetting the state where an episode starts.
 
         :param x: features, ``(time, batch, input_size)``
@@ -130,6 +128,18 @@ class SparcCore(RecurrentCore):
     :param perturb: scale of the noise added to the plastic weights after consolidation
     """
 
+    slot_weight_in: th.Tensor
+    slot_bias_in: th.Tensor
+    slot_weight_hh: th.Tensor
+    slot_bias_hh: th.Tensor
+    slot_output_norm: th.Tensor
+    key_mean: th.Tensor
+    key_var: th.Tensor
+    key_count: th.Tensor
+    slot_usage: th.Tensor
+    n_filled: th.Tensor
+    n_consolidations: th.Tensor
+
     def __init__(
         self,
         input_size: int,
@@ -195,9 +205,7 @@ class SparcCore(RecurrentCore):
         weight = state[:, -1:]
         return plastic, slots, context, weight
 
-    def _update_context(
-        self, context: th.Tensor, weight: th.Tensor, x: th.Tensor
-    ) -> tuple[th.Tensor, th.Tensor]:
+    def _update_context(self, context: th.Tensor, weight: th.Tensor, x: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         rate = self.context_rate
         return (1 - rate) * context + rate * x.detach(), (1 - rate) * weight + rate
 
@@ -235,8 +243,9 @@ class SparcCore(RecurrentCore):
         """The first ``n`` memory slots on input ``x``: outputs and new hidden states ``(B, n, H)``."""
         return self._slot_recurrence(self._slot_inputs(x, n), slots, n)
 
-    def _read_memory(self, slot_out: th.Tensor, context: th.Tensor, weight: th.Tensor, n: int
-                     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+    def _read_memory(
+        self, slot_out: th.Tensor, context: th.Tensor, weight: th.Tensor, n: int
+    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Attention-weighted memory read-out, the attention, and the familiarity ``(B, 1)``."""
         distances = self._distances(context, weight, n)
         attention = th.softmax(-distances / self.router_temperature, dim=1)
@@ -245,8 +254,9 @@ class SparcCore(RecurrentCore):
         familiarity = th.sigmoid((self.familiarity_threshold - nearest) / self.familiarity_temperature)
         return memory, attention, familiarity
 
-    def _mix(self, x: th.Tensor, plastic_out: th.Tensor, memory: th.Tensor, familiarity: th.Tensor
-             ) -> tuple[th.Tensor, th.Tensor]:
+    def _mix(
+        self, x: th.Tensor, plastic_out: th.Tensor, memory: th.Tensor, familiarity: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
         if self.use_gate:
             learned = th.sigmoid(self.gate(th.cat([self.input_norm(x), plastic_out], dim=1)))
             gate = familiarity * learned
@@ -279,9 +289,7 @@ class SparcCore(RecurrentCore):
         new_state = th.cat([plastic_new, slot_new.reshape(x.shape[0], -1), context, weight], dim=1)
         return out, new_state
 
-    def unroll(
-        self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor
-    ) -> tuple[th.Tensor, th.Tensor]:
+    def unroll(self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """As :meth:`RecurrentCore.unroll`; the frozen memory path runs first, without autograd, with
         its input projections for all time steps in one matmul."""
         n = int(self.n_filled)
@@ -366,14 +374,17 @@ class SparcCore(RecurrentCore):
         share = wa / (wa + wb)
         rows_a = slice(a * 3 * self.hidden_size, (a + 1) * 3 * self.hidden_size)
         rows_b = slice(b * 3 * self.hidden_size, (b + 1) * 3 * self.hidden_size)
-        for buffer, index_a, index_b in ((self.slot_weight_in, rows_a, rows_b), (self.slot_bias_in, rows_a, rows_b),
-                                         (self.slot_weight_hh, a, b), (self.slot_bias_hh, a, b),
-                                         (self.slot_output_norm, a, b)):
+        for buffer, index_a, index_b in (
+            (self.slot_weight_in, rows_a, rows_b),
+            (self.slot_bias_in, rows_a, rows_b),
+            (self.slot_weight_hh, a, b),
+            (self.slot_bias_hh, a, b),
+            (self.slot_output_norm, a, b),
+        ):
             buffer[index_a] = share * buffer[index_a] + (1 - share) * buffer[index_b]
         mean = share * self.key_mean[a] + (1 - share) * self.key_mean[b]
-        self.key_var[a] = (
-            share * (self.key_var[a] + (self.key_mean[a] - mean) ** 2)
-            + (1 - share) * (self.key_var[b] + (self.key_mean[b] - mean) ** 2)
+        self.key_var[a] = share * (self.key_var[a] + (self.key_mean[a] - mean) ** 2) + (1 - share) * (
+            self.key_var[b] + (self.key_mean[b] - mean) ** 2
         )
         self.key_mean[a] = mean
         self.key_count[a] = wa + wb
@@ -414,7 +425,5 @@ def make_core(name: str, input_size: int, hidden_size: int, **kwargs: Any) -> Re
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "input_size", "hidden_size"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ConfigError(
-            f"Core {name!r} does not take {unknown}; it takes {sorted(accepted) or 'no extra settings'}."
-        )
+        raise ConfigError(f"Core {name!r} does not take {unknown}; it takes {sorted(accepted) or 'no extra settings'}.")
     return cls(input_size, hidden_size, **kwargs)

@@ -127,6 +127,7 @@ def _positive_int(value: Any, where: str, key: str) -> int:
 
 
 def _parse_wrapper(entry: Any, where: str) -> WrapperSpec:
+    kwargs: Any
     if isinstance(entry, str):
         name, kwargs = entry, {}
     elif isinstance(entry, dict) and "name" in entry and set(entry) <= {"name", "kwargs"}:
@@ -203,7 +204,9 @@ def check_task_spaces(curriculum: Curriculum) -> None:
         try:
             env = task.make_env()
         except Exception as error:  # a bad kwarg or wrapper setting: report it against the task
-            raise ConfigError(f"Curriculum {curriculum.name!r}, task {task.name!r}: cannot build the env: {error}") from None
+            raise ConfigError(
+                f"Curriculum {curriculum.name!r}, task {task.name!r}: cannot build the env: {error}"
+            ) from None
         obs_space, act_space = env.observation_space, env.action_space
         env.close()
         if first is None:

@@ -17,13 +17,20 @@ from sparc_rl.ppo import SparcPPO
 
 def _space_hint(env_space: spaces.Space, model_space: spaces.Space) -> str:
     if isinstance(env_space, spaces.Dict) and "image" in env_space.spaces:
-        return (" MiniGrid envs give a dict observation: wrap the env with "
-                "sparc_rl.envs.MinigridImageTask (and FlattenObservation / PreviousActionRewardObservation if the "
-                "model was trained on those, as the garden curriculum does).")
-    if isinstance(env_space, spaces.Box) and isinstance(model_space, spaces.Box) and \
-            int(np.prod(env_space.shape)) + 1 < int(np.prod(model_space.shape)):
-        return (" The model expects more inputs: was it trained with PreviousActionRewardObservation "
-                "(previous action and reward appended)?")
+        return (
+            " MiniGrid envs give a dict observation: wrap the env with "
+            "sparc_rl.envs.MinigridImageTask (and FlattenObservation / PreviousActionRewardObservation if the "
+            "model was trained on those, as the garden curriculum does)."
+        )
+    if (
+        isinstance(env_space, spaces.Box)
+        and isinstance(model_space, spaces.Box)
+        and int(np.prod(env_space.shape)) + 1 < int(np.prod(model_space.shape))
+    ):
+        return (
+            " The model expects more inputs: was it trained with PreviousActionRewardObservation "
+            "(previous action and reward appended)?"
+        )
     return ""
 
 
@@ -63,8 +70,9 @@ class SparcAgent:
         self._starts: np.ndarray | None = None
 
     @classmethod
-    def load(cls, path: str | Path, env: gym.Env | VecEnv | None = None, deterministic: bool = True,
-             device: str = "cpu") -> SparcAgent:
+    def load(
+        cls, path: str | Path, env: gym.Env | VecEnv | None = None, deterministic: bool = True, device: str = "cpu"
+    ) -> SparcAgent:
         """Load a saved model (CPU by default); with ``env``, check its spaces first."""
         path = Path(path)
         if path.suffix != ".zip" and not path.exists():

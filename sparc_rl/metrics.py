@@ -116,7 +116,9 @@ def summarise(
         "forgetting_per_task": forgetting_per_task(matrix),
         "backward_transfer": backward_transfer(matrix),
         "forward_transfer": forward_transfer(auc, reference_auc) if reference_auc is not None else None,
-        "forward_transfer_per_task": forward_transfer_per_task(auc, reference_auc) if reference_auc is not None else None,
+        "forward_transfer_per_task": forward_transfer_per_task(auc, reference_auc)
+        if reference_auc is not None
+        else None,
         "own_stage_auc": auc,
         "reference_auc": list(reference_auc) if reference_auc is not None else None,
         "plasticity_steps_to_threshold": steps_to_threshold(history, n_tasks, threshold),

@@ -29,8 +29,16 @@ def make_play_env(env_id: str, env_kwargs: dict[str, Any], wrappers: list[str], 
     return env
 
 
-def play(model_path: str | Path, env_id: str, episodes: int, env_kwargs: dict[str, Any], wrappers: list[str],
-         record: str | None = None, seed: int = 0, deterministic: bool = True) -> list[float]:
+def play(
+    model_path: str | Path,
+    env_id: str,
+    episodes: int,
+    env_kwargs: dict[str, Any],
+    wrappers: list[str],
+    record: str | None = None,
+    seed: int = 0,
+    deterministic: bool = True,
+) -> list[float]:
     """Episode returns of the policy; frames go to ``record`` (.gif or .mp4) when given."""
     if episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {episodes}.")
@@ -38,7 +46,8 @@ def play(model_path: str | Path, env_id: str, episodes: int, env_kwargs: dict[st
         raise ConfigError(f"--record must end in .gif or .mp4, got {record!r}.")
     env = make_play_env(env_id, env_kwargs, wrappers, "rgb_array" if record else None)
     agent = SparcAgent.load(model_path, env=env, deterministic=deterministic)
-    frames, returns = [], []
+    frames: list[Any] = []
+    returns: list[float] = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         agent.reset()
@@ -55,9 +64,11 @@ def play(model_path: str | Path, env_id: str, episodes: int, env_kwargs: dict[st
         import imageio.v2 as imageio
 
         try:
-            imageio.mimsave(record, frames, duration=0.1) if record.endswith(".gif") else \
-                imageio.mimsave(record, frames, fps=10)
+            imageio.mimsave(record, frames, duration=0.1) if record.endswith(".gif") else imageio.mimsave(
+                record, frames, fps=10
+            )
         except (ValueError, RuntimeError, ImportError) as error:
-            raise ConfigError(f"Cannot write {record!r} ({error}); .gif always works, .mp4 needs imageio-ffmpeg.") \
-                from None
+            raise ConfigError(
+                f"Cannot write {record!r} ({error}); .gif always works, .mp4 needs imageio-ffmpeg."
+            ) from None
     return returns

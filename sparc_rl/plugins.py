@@ -30,9 +30,7 @@ class ContinualPlugin:
         return None
 
 
-def ewc_penalty(
-    params: dict[str, th.Tensor], anchors: dict[str, th.Tensor], fisher: dict[str, th.Tensor]
-) -> th.Tensor:
+def ewc_penalty(params: dict[str, th.Tensor], anchors: dict[str, th.Tensor], fisher: dict[str, th.Tensor]) -> th.Tensor:
     """Elastic weight consolidation: ``sum_i F_i (theta_i - theta*_i)^2``."""
     total = th.zeros(())
     for name, anchor in anchors.items():
@@ -83,7 +81,7 @@ class OnlineEWC(ContinualPlugin):
     def auxiliary_loss(self, model: SparcPPO, batch: SequenceBatch) -> th.Tensor | None:
         if self.fisher is None:
             return None
-        params = dict(model.policy.named_parameters())
+        params: dict[str, th.Tensor] = dict(model.policy.named_parameters())
         return self.strength * ewc_penalty(params, self.anchors, self.fisher)
 
 

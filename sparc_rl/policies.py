@@ -54,6 +54,12 @@ def _check_finite(state: th.Tensor) -> None:
         )
 
 
+def _as_tensor(features: th.Tensor | tuple[th.Tensor, th.Tensor]) -> th.Tensor:
+    # SPARC policies share one features extractor, so SB3 returns a single tensor.
+    assert isinstance(features, th.Tensor)
+    return features
+
+
 class SparcActorCriticPolicy(ActorCriticPolicy):
     """Actor-critic policy whose actor and critic each run a recurrent core on the features.
 
@@ -100,6 +106,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
             features_extractor_class=features_extractor_class,
             **kwargs,
         )
+        self.shared_protected: th.Tensor
         self.register_buffer("shared_protected", th.zeros((), dtype=th.bool))
 
     # -- building ------------------------------------------------------------------------------
@@ -149,7 +156,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         self, obs: PyTorchObs, state: th.Tensor, episode_start: th.Tensor, deterministic: bool = False
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         """One step for ``n_envs`` envs: actions, values, log-probs and the new state."""
-        features = self.extract_features(obs, self.features_extractor)
+        features = _as_tensor(self.extract_features(obs, self.features_extractor))
         state = state * (1.0 - episode_start).unsqueeze(-1)
         actor_state, critic_state = self._split_state(state)
         latent_pi, actor_state = self.actor_core.step(features, actor_state)
@@ -167,7 +174,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
 
     def predict_values_step(self, obs: PyTorchObs, state: th.Tensor, episode_start: th.Tensor) -> th.Tensor:
         """Critic value of ``obs`` given the state before it."""
-        features = self.extract_features(obs, self.features_extractor)
+        features = _as_tensor(self.extract_features(obs, self.features_extractor))
         critic_state = self._split_state(state * (1.0 - episode_start).unsqueeze(-1))[1]
         latent_vf, _ = self.critic_core.step(features, critic_state)
         return self.value_net(self.mlp_extractor.forward_critic(latent_vf))
@@ -176,7 +183,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         self, obs: PyTorchObs, state: th.Tensor, episode_start: th.Tensor, deterministic: bool = False
     ) -> tuple[th.Tensor, th.Tensor]:
         """Actions and new state, running the actor only (the critic part of the state is kept)."""
-        features = self.extract_features(obs, self.features_extractor)
+        features = _as_tensor(self.extract_features(obs, self.features_extractor))
         state = state * (1.0 - episode_start).unsqueeze(-1)
         actor_state, critic_state = self._split_state(state)
         latent_pi, actor_state = self.actor_core.step(features, actor_state)
@@ -206,9 +213,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         if state is None:
             state_tensor = self.initial_state(n_envs)
         else:
-            state_tensor = th.as_tensor(np.asarray(state), dtype=th.float32, device=self.device).reshape(
-                n_envs, -1
-            )
+            state_tensor = th.as_tensor(np.asarray(state), dtype=th.float32, device=self.device).reshape(n_envs, -1)
             if state_tensor.shape[1] != self.state_size:
                 raise ValueError(
                     f"state has {state_tensor.shape[1]} values per env, this policy needs {self.state_size}: "
@@ -218,7 +223,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         start_tensor = th.as_tensor(starts, dtype=th.float32, device=self.device).reshape(n_envs)
         with th.no_grad():
             actions_tensor, new_state = self.act_step(obs_tensor, state_tensor, start_tensor, deterministic)
-        actions = actions_tensor.cpu().numpy().reshape((-1, *self.action_space.shape))  # type: ignore[misc]
+        actions = actions_tensor.cpu().numpy().reshape((-1, *(self.action_space.shape or ())))
         if isinstance(self.action_space, spaces.Box):
             if self.squash_output:
                 actions = self.unscale_action(actions)
@@ -239,7 +244,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         :param state: state before the first step of each sequence, ``(batch, state_size)``
         :param episode_starts: ``(time, batch)``
         """
-        features = self.extract_features(obs, self.features_extractor)
+        features = _as_tensor(self.extract_features(obs, self.features_extractor))
         steps, batch = episode_starts.shape
         features = features.reshape(steps, batch, -1)
         actor_state, critic_state = self._split_state(state)
@@ -252,7 +257,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
 
     def action_logits_sequences(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
         """Actor output before the distribution (logits or mean), time-major, for distillation."""
-        features = self.extract_features(obs, self.features_extractor)
+        features = _as_tensor(self.extract_features(obs, self.features_extractor))
         steps, batch = episode_starts.shape
         latent_pi, _ = self.actor_core.unroll(
             features.reshape(steps, batch, -1), self._split_state(state)[0], episode_starts
@@ -267,7 +272,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         :param obs: observations of the current task, time-major ``(time * n_envs, ...)``
         :param episode_starts: ``(time, n_envs)``
         """
-        features = self.extract_features(obs, self.features_extractor)
+        features = _as_tensor(self.extract_features(obs, self.features_extractor))
         features = features.reshape(*episode_starts.shape, -1)
         self.actor_core.consolidate(features, episode_starts)
         self.critic_core.consolidate(features, episode_starts)

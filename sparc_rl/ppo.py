@@ -140,8 +140,14 @@ class SparcPPO(PPO):
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
         self._last_state = self.policy.initial_state(self.n_envs)
 
-    def _setup_learn(self, total_timesteps: int, callback: Any = None, reset_num_timesteps: bool = True,
-                     tb_log_name: str = "run", progress_bar: bool = False) -> tuple[int, BaseCallback]:
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: Any = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
         previous_obs = self._last_obs
         result = super()._setup_learn(total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar)
         if self._last_obs is not previous_obs:  # the env was reset: so is the recurrent state
@@ -149,9 +155,9 @@ class SparcPPO(PPO):
         return result
 
     # -- rollouts ------------------------------------------------------------------------------
-    def collect_rollouts(
+    def collect_rollouts(  # type: ignore[override]
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RecurrentRolloutBuffer, n_rollout_steps: int
-    ) -> bool:  # type: ignore[override]
+    ) -> bool:
         assert self._last_obs is not None, "No previous observation was provided"
         self.policy.set_training_mode(False)
         n_steps = 0
@@ -178,8 +184,10 @@ class SparcPPO(PPO):
             if self.discrete_actions:
                 actions_np = actions_np.reshape(-1, 1)
             for idx, done in enumerate(dones):
-                if done and infos[idx].get("terminal_observation") is not None and infos[idx].get(
-                    "TimeLimit.truncated", False
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
                 ):
                     terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
                     with th.no_grad():
@@ -189,7 +197,12 @@ class SparcPPO(PPO):
                     rewards[idx] += self.gamma * float(terminal_value)
             rollout_buffer.add_state(state)
             rollout_buffer.add(
-                self._last_obs, actions_np, rewards, self._last_episode_starts, values, log_probs  # type: ignore[arg-type]
+                self._last_obs,  # type: ignore[arg-type]
+                actions_np,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
             )
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
@@ -216,7 +229,7 @@ class SparcPPO(PPO):
         approx_kl_divs: list[float] = []
         continue_training = True
         loss = th.zeros(())
-        for epoch in range(self.n_epochs):
+        for _ in range(self.n_epochs):
             approx_kl_divs = []
             for batch in self.rollout_buffer.get_sequences(self.batch_size, self.seq_len):
                 actions = batch.actions.long().flatten() if self.discrete_actions else batch.actions

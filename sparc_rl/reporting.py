@@ -36,8 +36,15 @@ def retention_figure(tasks: Sequence[str], matrix: Sequence[Sequence[float]]) ->
     for i in range(len(matrix)):
         for j in range(len(tasks)):
             if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center",
-                        color="white" if data[i, j] < 0.6 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"{data[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    color="white" if data[i, j] < 0.6 else "black",
+                    fontsize=8,
+                )
     fig.colorbar(image, ax=ax, label="success rate")
     ax.set_title("Retention matrix")
     fig.tight_layout()
@@ -72,8 +79,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_report(run_dir: Path, curriculum: Curriculum, agent: AgentSpec, seed: int, metrics: dict[str, Any],
-                 partial: bool) -> None:
+def write_report(
+    run_dir: Path, curriculum: Curriculum, agent: AgentSpec, seed: int, metrics: dict[str, Any], partial: bool
+) -> None:
     tasks = curriculum.task_names
     lines = [
         f"# Continual run: agent `{agent.name}` on curriculum `{curriculum.name}` (seed {seed})",

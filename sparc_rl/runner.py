@@ -76,7 +76,9 @@ class RunState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
         if data.get("version") != STATE_VERSION:
-            raise CheckpointError(f"state.json has version {data.get('version')!r}; this sparc-rl reads {STATE_VERSION}.")
+            raise CheckpointError(
+                f"state.json has version {data.get('version')!r}; this sparc-rl reads {STATE_VERSION}."
+            )
         return cls(
             stage=int(data["stage"]),
             steps_in_stage=int(data["steps_in_stage"]),
@@ -194,7 +196,9 @@ class ContinualRunner:
             config = json.loads(config_path.read_text())
             state = RunState.from_dict(json.loads(state_path.read_text()))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"The run files in {str(run_dir)!r} are damaged ({error}); start a new run.") from None
+            raise CheckpointError(
+                f"The run files in {str(run_dir)!r} are damaged ({error}); start a new run."
+            ) from None
         runner = cls(
             parse_curriculum(config["curriculum"], config["curriculum"].get("name", "run")),
             parse_agent(config["agent"], config["agent"].get("name", "run")),
@@ -245,8 +249,9 @@ class ContinualRunner:
             if old.name != name:
                 old.unlink(missing_ok=True)
 
-    def _log_evaluation(self, logger: Logger, scores: dict[str, Any], diagnostics: dict[str, dict[str, float]],
-                        step: int) -> None:
+    def _log_evaluation(
+        self, logger: Logger, scores: dict[str, Any], diagnostics: dict[str, dict[str, float]], step: int
+    ) -> None:
         for task, score in scores.items():
             logger.record(f"retention/{task}/success", score.success_rate)
             logger.record(f"retention/{task}/return", score.mean_return)
@@ -296,14 +301,23 @@ class ContinualRunner:
             bar.close()
             save_model_atomically(model, self.run_dir / "checkpoints" / "interrupted.zip")
             self._write_outputs(logger, partial=True)
-            print(f"\nInterrupted: partial report in {self.run_dir / 'report.md'}; continue with "
-                  f"`sparc-rl train --resume {self.run_dir}`.", file=sys.stderr)
+            print(
+                f"\nInterrupted: partial report in {self.run_dir / 'report.md'}; continue with "
+                f"`sparc-rl train --resume {self.run_dir}`.",
+                file=sys.stderr,
+            )
             raise
         bar.close()
         metrics = self._write_outputs(logger, partial=False)
         logger.close()
-        return RunResult(self.run_dir, self.curriculum.task_names, self.state.matrix, metrics,
-                         time.time() - started, int(model.num_timesteps))
+        return RunResult(
+            self.run_dir,
+            self.curriculum.task_names,
+            self.state.matrix,
+            metrics,
+            time.time() - started,
+            int(model.num_timesteps),
+        )
 
     def _load_or_build_model(self) -> BaseAlgorithm:
         stage = self.state.stage
@@ -336,7 +350,7 @@ class ContinualRunner:
         if announced and isinstance(model, SparcPPO) and not resuming_inside:
             model.start_task(task.name)
         callback = _ProgressCallback(bar)
-        points = self._eval_points(task.steps, model.n_steps * model.n_envs)
+        points = self._eval_points(task.steps, _rollout_size(model))
         recorded = {steps for row_stage, steps, _ in self.state.history if row_stage == stage}
         for point in points:
             if point in recorded:
@@ -359,8 +373,9 @@ class ContinualRunner:
             if last:
                 save_model_atomically(model, self.run_dir / "checkpoints" / f"task-{stage}-{task.name}.zip")
             self._log_evaluation(logger, scores, diagnostics, model.num_timesteps)
-            bar.set_postfix_str(f"task {task.name} ({stage + 1}/{len(self.curriculum.tasks)}) "
-                                + " ".join(f"{s:.2f}" for s in success))
+            bar.set_postfix_str(
+                f"task {task.name} ({stage + 1}/{len(self.curriculum.tasks)}) " + " ".join(f"{s:.2f}" for s in success)
+            )
         if isinstance(model, SparcPPO):
             for name, value in model.policy.diagnostics().items():
                 logger.record(f"sparc/{name}", value)
@@ -385,9 +400,14 @@ class ContinualRunner:
         cache_dir = self.run_dir.parent / ".reference-cache"
         aucs = []
         for index, task in enumerate(self.curriculum.tasks):
-            key_data = {"task": self.curriculum.to_dict()["tasks"][index], "agent": self.agent.to_dict(),
-                        "seed": self.seed, "episodes": self.eval_episodes, "every": self.curriculum.eval_every,
-                        "versions": {k: v for k, v in versions().items() if k != "platform"}}
+            key_data = {
+                "task": self.curriculum.to_dict()["tasks"][index],
+                "agent": self.agent.to_dict(),
+                "seed": self.seed,
+                "episodes": self.eval_episodes,
+                "every": self.curriculum.eval_every,
+                "versions": {k: v for k, v in versions().items() if k != "platform"},
+            }
             key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
             cached = cache_dir / f"{task.name}-{key}.json"
             if cached.is_file():
@@ -403,7 +423,7 @@ class ContinualRunner:
         model = self.agent.build(env, seed=self.seed)
         scores = []
         done = 0
-        for point in self._eval_points(task.steps, model.n_steps * model.n_envs):
+        for point in self._eval_points(task.steps, _rollout_size(model)):
             start = model.num_timesteps
             model.learn(point - done, reset_num_timesteps=False)
             done += model.num_timesteps - start
@@ -442,6 +462,11 @@ class ContinualRunner:
         return metrics
 
 
+def _rollout_size(model: BaseAlgorithm) -> int:
+    """Env steps per rollout of an on-policy model (evaluations fall on whole rollouts)."""
+    return int(model.n_steps) * model.n_envs  # type: ignore[attr-defined]
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -452,8 +477,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def evaluate_saved_model(model_path: str | Path, curriculum: str | Path, episodes: int | None, seed: int
-                         ) -> tuple[Curriculum, dict[str, Any]]:
+def evaluate_saved_model(
+    model_path: str | Path, curriculum: str | Path, episodes: int | None, seed: int
+) -> tuple[Curriculum, dict[str, Any]]:
     """Load a saved SparcPPO model and score it on every task of a curriculum."""
     loaded = load_curriculum(curriculum)
     path = Path(model_path)

@@ -11,10 +11,20 @@ from sparc_rl.agents import AgentSpec  # noqa: E402
 from sparc_rl.curriculum import Curriculum, parse_curriculum  # noqa: E402
 
 TINY_TASKS = [
-    {"name": "short", "env": "SparcRL/DriftingCartPole-v0", "kwargs": {"max_steps": 30},
-     "wrappers": ["previous-action-reward"], "steps": 256},
-    {"name": "reversed", "env": "SparcRL/DriftingCartPole-v0", "kwargs": {"max_steps": 30, "reverse_actions": True},
-     "wrappers": ["previous-action-reward"], "steps": 256},
+    {
+        "name": "short",
+        "env": "SparcRL/DriftingCartPole-v0",
+        "kwargs": {"max_steps": 30},
+        "wrappers": ["previous-action-reward"],
+        "steps": 256,
+    },
+    {
+        "name": "reversed",
+        "env": "SparcRL/DriftingCartPole-v0",
+        "kwargs": {"max_steps": 30, "reverse_actions": True},
+        "wrappers": ["previous-action-reward"],
+        "steps": 256,
+    },
 ]
 
 

@@ -40,8 +40,12 @@ def test_broken_curriculum_file_from_the_command_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     before = path.read_text()
-    proc = subprocess.run([sys.executable, "-m", "sparc_rl.cli", "train", "--curriculum", str(path),
-                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparc_rl.cli", "train", "--curriculum", str(path), "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "unknown env id 'NoSuchEnv-v0'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists() and path.read_text() == before

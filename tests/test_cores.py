@@ -57,7 +57,9 @@ def test_written_slots_are_unchanged_by_later_training():
     probe_x = th.randn(4, INPUT)
     probe_h = th.randn(4, 2, HIDDEN)
     before_out, before_state = core.slot_step(probe_x, probe_h, 2)
-    buffers_before = {n: b.clone() for n, b in core.named_buffers() if n.startswith(("slot_weight", "slot_bias", "key"))}
+    buffers_before = {
+        n: b.clone() for n, b in core.named_buffers() if n.startswith(("slot_weight", "slot_bias", "key"))
+    }
     optimizer = th.optim.Adam(core.parameters(), lr=1e-2)
     for _ in range(20):
         outs, _ = core.unroll(th.randn(8, 4, INPUT), core.initial_state(4), th.zeros(8, 4))

@@ -23,7 +23,8 @@ def test_builtin_curricula_load_and_share_spaces():
 
 def test_builtin_agents_load():
     assert {"sparc", "sparc-no-memory", "sparc-no-gate", "lstm", "gru", "lstm-ewc", "recurrent-ppo"} <= set(
-        list_agents())
+        list_agents()
+    )
     for name in list_agents():
         assert load_agent(name).name == name
 
@@ -43,8 +44,10 @@ def _broken(mutate):
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda d: d["tasks"][1].update(env="SparcRL/DriftingCartPol-v0"),
-         "task 'reversed': unknown env id 'SparcRL/DriftingCartPol-v0'. Did you mean 'SparcRL/DriftingCartPole-v0'"),
+        (
+            lambda d: d["tasks"][1].update(env="SparcRL/DriftingCartPol-v0"),
+            "task 'reversed': unknown env id 'SparcRL/DriftingCartPol-v0'. Did you mean 'SparcRL/DriftingCartPole-v0'",
+        ),
         (lambda d: d["tasks"][0].pop("steps"), "task 'short': missing key\\(s\\) \\['steps'\\]"),
         (lambda d: d["tasks"][0].update(steps=-5), "task 'short': 'steps' must be a positive integer, got -5"),
         (lambda d: d["tasks"][0].update(stepz=5), "task 'short': unknown key\\(s\\) \\['stepz'\\]"),
@@ -64,7 +67,9 @@ def test_tasks_with_different_spaces_are_named_with_both_spaces(tmp_path):
     data = _broken(lambda d: d["tasks"][1].update(wrappers=[]))
     path = tmp_path / "spaces.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match=r"task 'reversed' has observation space Box\(.*\(2,\).* but task 'short' has Box"):
+    with pytest.raises(
+        ConfigError, match=r"task 'reversed' has observation space Box\(.*\(2,\).* but task 'short' has Box"
+    ):
         load_curriculum(path)
 
 

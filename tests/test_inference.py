@@ -12,8 +12,16 @@ from sparc_rl.inference import SparcAgent
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     env = make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=2, seed=0, env_kwargs={"max_steps": 40})
-    model = SparcPPO("MlpSparcPolicy", env, n_steps=32, batch_size=64, n_epochs=1, seq_len=16, seed=0,
-                     policy_kwargs=dict(hidden_size=16, n_slots=2))
+    model = SparcPPO(
+        "MlpSparcPolicy",
+        env,
+        n_steps=32,
+        batch_size=64,
+        n_epochs=1,
+        seq_len=16,
+        seed=0,
+        policy_kwargs=dict(hidden_size=16, n_slots=2),
+    )
     model.learn(64)
     model.consolidate()
     path = tmp_path_factory.mktemp("model") / "model.zip"
@@ -52,7 +60,9 @@ def test_agent_on_a_vec_env(saved_model):
 
 
 def test_mismatched_spaces_name_both_and_suggest_a_wrapper(saved_model):
-    with pytest.raises(SpaceMismatchError, match=r"expects observations Box.*\(2,\).* env gives Dict.*MinigridImageTask"):
+    with pytest.raises(
+        SpaceMismatchError, match=r"expects observations Box.*\(2,\).* env gives Dict.*MinigridImageTask"
+    ):
         SparcAgent.load(saved_model, env=gym.make("SparcRL/Garden-v0"))
     with pytest.raises(SpaceMismatchError, match=r"expects observations .* but the env gives Box.*\(4,\)"):
         SparcAgent.load(saved_model, env=gym.make("CartPole-v1"))
@@ -71,8 +81,21 @@ def test_corrupt_and_truncated_checkpoints(saved_model, tmp_path):
 
 def test_play_prints_returns_and_records_a_gif(saved_model, tmp_path, capsys):
     gif = tmp_path / "play.gif"
-    code = main(["play", "--model", str(saved_model), "--env", "SparcRL/DriftingCartPole-v0",
-                 "--env-kwargs", '{"max_steps": 20}', "--episodes", "2", "--record", str(gif)])
+    code = main(
+        [
+            "play",
+            "--model",
+            str(saved_model),
+            "--env",
+            "SparcRL/DriftingCartPole-v0",
+            "--env-kwargs",
+            '{"max_steps": 20}',
+            "--episodes",
+            "2",
+            "--record",
+            str(gif),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "episode 0: return" in out and "episode 1: return" in out

@@ -15,8 +15,13 @@ def masked_cartpole(n_envs=2, seed=0):
 
 
 def small_model(core="sparc", n_envs=2, **policy_kwargs):
-    return SparcPPO("MlpSparcPolicy", masked_cartpole(n_envs), seed=0,
-                    policy_kwargs=dict(core=core, hidden_size=16, **policy_kwargs), **SMALL)
+    return SparcPPO(
+        "MlpSparcPolicy",
+        masked_cartpole(n_envs),
+        seed=0,
+        policy_kwargs=dict(core=core, hidden_size=16, **policy_kwargs),
+        **SMALL,
+    )
 
 
 @pytest.mark.parametrize("core", ["sparc", "lstm", "gru"])

@@ -40,8 +40,21 @@ def test_sigkill_mid_task_then_resume_keeps_every_evaluation_once_and_the_memory
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(TINY_AGENT))
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "sparc_rl.cli", "train", "--curriculum", str(tmp_path / "c.yaml"),
-               "--agent", str(tmp_path / "a.yaml"), "--run-dir", str(run_dir), "--no-progress", "--seed", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "sparc_rl.cli",
+        "train",
+        "--curriculum",
+        str(tmp_path / "c.yaml"),
+        "--agent",
+        str(tmp_path / "a.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        "--seed",
+        "2",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path = run_dir / "state.json"
     killed_at = None
@@ -63,8 +76,9 @@ def test_sigkill_mid_task_then_resume_keeps_every_evaluation_once_and_the_memory
     assert final["finished"]
     keys = [(stage, steps) for stage, steps, _ in final["history"]]
     assert len(keys) == len(set(keys)) == 3 * 4  # every evaluation exactly once
-    assert [k for k in keys if k[0] == 0] == [k for k, *_ in [(tuple(r[:2]),) for r in killed_at["history"]]
-                                               if k[0] == 0]
+    assert [k for k in keys if k[0] == 0] == [
+        k for k, *_ in [(tuple(r[:2]),) for r in killed_at["history"]] if k[0] == 0
+    ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["matrix"]) == 3
     final_model = SparcPPO.load(run_dir / "checkpoints" / "task-2-third.zip")
@@ -78,8 +92,9 @@ def test_sigkill_mid_task_then_resume_keeps_every_evaluation_once_and_the_memory
 
 def _tiny_run(run_dir: Path) -> ContinualRunner:
     agent = AgentSpec(**{**TINY_AGENT, "plugins": ()})
-    runner = ContinualRunner(parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=5, run_dir=run_dir,
-                             progress=False)
+    runner = ContinualRunner(
+        parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=5, run_dir=run_dir, progress=False
+    )
     runner.run()
     return runner
 
@@ -88,8 +103,9 @@ def test_same_seed_same_score_matrix(tmp_path):
     first, second = _tiny_run(tmp_path / "a"), _tiny_run(tmp_path / "b")
     assert first.state.matrix == second.state.matrix
     assert first.state.returns_history == second.state.returns_history
-    for (name, p1), (_, p2) in zip(first.model.policy.state_dict().items(), second.model.policy.state_dict().items(),
-                                   strict=True):
+    for (name, p1), (_, p2) in zip(
+        first.model.policy.state_dict().items(), second.model.policy.state_dict().items(), strict=True
+    ):
         assert th.equal(p1, p2), name
 
 
@@ -118,10 +134,19 @@ def test_resume_of_an_incompatible_state_version(tmp_path, capsys):
 
 def test_eval_of_a_model_with_other_spaces(tmp_path, capsys):
     runner = _tiny_run(tmp_path / "run")
-    assert main(["eval", "--model", str(runner.run_dir / "checkpoints" / "task-1-reversed.zip"),
-                 "--curriculum", "garden-seasons"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(runner.run_dir / "checkpoints" / "task-1-reversed.zip"),
+                "--curriculum",
+                "garden-seasons",
+            ]
+        )
+        == 2
+    )
     assert "The model expects observations Box" in capsys.readouterr().err
-
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -141,8 +166,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     gym.register("Test/NaNCartPole-v0", entry_point=NaNAfter)
     data = tiny_curriculum_dict()
     data["tasks"][0]["env"] = data["tasks"][1]["env"] = "Test/NaNCartPole-v0"
-    runner = ContinualRunner(parse_curriculum(data, "nan"), AgentSpec(**TINY_AGENT), seed=0,
-                             run_dir=tmp_path / "run", progress=False)
+    runner = ContinualRunner(
+        parse_curriculum(data, "nan"), AgentSpec(**TINY_AGENT), seed=0, run_dir=tmp_path / "run", progress=False
+    )
     with pytest.raises(TrainingDivergedError, match="Non-finite .*Last good checkpoint") as caught:
         runner.run()
     last_good = str(caught.value).split("Last good checkpoint (before the fault): ")[1].split(";")[0]

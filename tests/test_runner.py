@@ -13,19 +13,33 @@ def finished_run(tmp_path_factory):
     from sparc_rl.curriculum import parse_curriculum
     from tests.conftest import tiny_curriculum_dict
 
-    agent = AgentSpec(name="tiny-sparc", policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
-                      algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seq_len": 16}, n_envs=2)
+    agent = AgentSpec(
+        name="tiny-sparc",
+        policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
+        algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seq_len": 16},
+        n_envs=2,
+    )
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    runner = ContinualRunner(parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=3, run_dir=run_dir,
-                             progress=False)
+    runner = ContinualRunner(
+        parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=3, run_dir=run_dir, progress=False
+    )
     return runner, runner.run()
 
 
 def test_run_writes_every_output(finished_run):
     runner, result = finished_run
     names = {p.name for p in result.run_dir.iterdir()}
-    assert {"config.json", "state.json", "metrics.json", "retention.csv", "retention.png", "learning_curves.png",
-            "report.md", "tb", "checkpoints"} <= names
+    assert {
+        "config.json",
+        "state.json",
+        "metrics.json",
+        "retention.csv",
+        "retention.png",
+        "learning_curves.png",
+        "report.md",
+        "tb",
+        "checkpoints",
+    } <= names
     checkpoints = {p.name for p in (result.run_dir / "checkpoints").iterdir()}
     assert {"task-0-short.zip", "task-1-reversed.zip"} <= checkpoints
     config = json.loads((result.run_dir / "config.json").read_text())

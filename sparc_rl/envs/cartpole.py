@@ -54,6 +54,7 @@ class DriftingCartPoleEnv(CartPoleEnv):
         self.max_steps = max_steps
         self._steps = 0
         if mask_velocity:
+            assert isinstance(self.observation_space, spaces.Box)
             high = self.observation_space.high[[0, 2]]
             self.observation_space = spaces.Box(-high, high, dtype=np.float32)
 
@@ -68,7 +69,7 @@ class DriftingCartPoleEnv(CartPoleEnv):
         obs, info = super().reset(seed=seed, options=options)
         return self._observe(obs), info
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self.reverse_actions:
             action = 1 - int(action)
         obs, reward, terminated, _, info = super().step(action)

@@ -91,15 +91,16 @@ class GardenEnv(MiniGridEnv):
         self.grid.wall_rect(0, 0, width, height)
         for _ in range(self.season.walls):
             self.place_obj(Wall())
-        for _ in range(self.season.ground_tiles):
-            self.place_obj(Floor(self.season.ground_color))
+        if self.season.ground_color is not None:
+            for _ in range(self.season.ground_tiles):
+                self.place_obj(Floor(self.season.ground_color))
         for color in PLANT_COLORS:
             self.place_obj(Ball(color))
         self.place_agent()
         self.mission = self._gen_mission()
         self._penalised = False
 
-    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         front = self.grid.get(*self.front_pos)
         obs, reward, terminated, truncated, info = super().step(action)
         if action == self.actions.toggle and isinstance(front, Ball):
@@ -108,5 +109,5 @@ class GardenEnv(MiniGridEnv):
             elif not self._penalised:
                 reward, self._penalised = self.wrong_plant_penalty, True
         if terminated or truncated:
-            info["is_success"] = bool(terminated and reward > 0)
+            info["is_success"] = bool(terminated and float(reward) > 0)
         return obs, float(reward), terminated, truncated, info

@@ -182,7 +182,7 @@ class MinigridImageTask(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         if (terminated or truncated) and "is_success" not in info:
-            info["is_success"] = bool(terminated and reward > 0)
+            info["is_success"] = bool(terminated and float(reward) > 0)
         return obs["image"], reward, terminated, truncated, info
 
 
@@ -202,7 +202,9 @@ class PreviousActionRewardObservation(gym.ObservationWrapper):
                 f"{env.observation_space} and {env.action_space}."
             )
         self.n_actions = int(env.action_space.n)
-        low = np.concatenate([env.observation_space.low.ravel().astype(np.float32), np.zeros(self.n_actions), [-np.inf]])
+        low = np.concatenate(
+            [env.observation_space.low.ravel().astype(np.float32), np.zeros(self.n_actions), [-np.inf]]
+        )
         high = np.concatenate(
             [env.observation_space.high.ravel().astype(np.float32), np.ones(self.n_actions), [np.inf]]
         )
