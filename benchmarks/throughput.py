@@ -111,11 +111,12 @@ def filled(model: SparcPPO, slots: int) -> SparcPPO:
     return model
 
 
-def time_to_solve(name: str, model, budget: int, chunk: int = 8192) -> tuple[float | None, int, float]:
+def time_to_solve(name: str, model, budget: int, max_seconds: float, chunk: int = 8192
+                  ) -> tuple[float | None, int, float]:
     """Wall seconds (training only) until deterministic success on 50 episodes reaches 0.9."""
     trained, train_time, best = 0, 0.0, 0.0
     eval_env = make_vec_env(make_env, n_envs=10, seed=999)
-    while trained < budget:
+    while trained < budget and train_time < max_seconds:
         start = time.perf_counter()
         model.learn(chunk, reset_num_timesteps=trained == 0)
         train_time += time.perf_counter() - start
@@ -135,9 +136,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--solve", action="store_true", help="also measure time to 0.9 success")
     parser.add_argument("--solve-budget", type=int, default=300_000)
+    parser.add_argument("--solve-seconds", type=float, default=480.0, help="training-time cap per contender")
     parser.add_argument("--out", default="benchmarks/results/throughput.md")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(1)  # the same for every contender; 1 thread is fastest for these small networks
 
     rows = [("random actions (ceiling)", random_sps(args.steps))]
     print(f"{rows[-1][0]}: {rows[-1][1]:.0f} steps/s", flush=True)
@@ -157,7 +159,8 @@ def main() -> None:
         "",
         f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
         f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
-        f"sparc-rl {sparc_rl.__version__}. Command: `python benchmarks/throughput.py --steps {args.steps}"
+        f"sparc-rl {sparc_rl.__version__}, torch threads 1. "
+        f"Command: `python benchmarks/throughput.py --steps {args.steps}"
         + (" --solve" if args.solve else "")
         + "`.",
         "",
@@ -202,7 +205,7 @@ def main() -> None:
             ),
         }
         for name, model in contenders.items():
-            seconds, steps, success = time_to_solve(name, model, args.solve_budget)
+            seconds, steps, success = time_to_solve(name, model, args.solve_budget, args.solve_seconds)
             shown = f"{seconds:.0f}" if seconds is not None else f"not reached (best {success:.2f})"
             lines.append(f"| {name} | {shown} | {steps} | {success:.2f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

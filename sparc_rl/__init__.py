@@ -2,7 +2,7 @@
 
 from sparc_rl.cores import GRUCore, LSTMCore, RecurrentCore, SparcCore, make_core
 from sparc_rl.errors import CheckpointError, ConfigError, SpaceMismatchError, SparcError
-from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, OnlineEWC
+from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
 from sparc_rl.policies import CnnSparcPolicy, MinigridCNN, MlpSparcPolicy, SparcActorCriticPolicy
 from sparc_rl.ppo import SparcPPO
 
@@ -18,6 +18,7 @@ __all__ = [
     "LSTMCore",
     "MinigridCNN",
     "MlpSparcPolicy",
+    "NoveltyBoundaryDetector",
     "OnlineEWC",
     "RecurrentCore",
     "SpaceMismatchError",

@@ -13,11 +13,15 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sparc_rl.config import builtin_names, check_keys, read_yaml_mapping, resolve_file
 from sparc_rl.errors import ConfigError
-from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, OnlineEWC
+from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
 from sparc_rl.policies import MinigridCNN
 
 ALGORITHMS = ("sparc-ppo", "recurrent-ppo")
-PLUGINS: dict[str, type[ContinualPlugin]] = {"ewc": OnlineEWC, "behaviour-cloning": BehaviourCloning}
+PLUGINS: dict[str, type[ContinualPlugin]] = {
+    "ewc": OnlineEWC,
+    "behaviour-cloning": BehaviourCloning,
+    "novelty-boundaries": NoveltyBoundaryDetector,
+}
 AGENT_KEYS = {
     "name",
     "description",
@@ -86,8 +90,11 @@ class AgentSpec:
             return self.policy, kwargs
         return ("CnnSparcPolicy" if is_image else "MlpSparcPolicy"), kwargs
 
-    def build(self, env: VecEnv, seed: int, tensorboard_log: str | None = None) -> BaseAlgorithm:
-        """Create the model for ``env``."""
+    def build(
+        self, env: VecEnv, seed: int, tensorboard_log: str | None = None, hidden_boundaries: bool = False
+    ) -> BaseAlgorithm:
+        """Create the model for ``env``. With ``hidden_boundaries``, a consolidating SPARC agent gets a
+        :class:`NoveltyBoundaryDetector` (unless it lists one): nobody else will tell it when to consolidate."""
         policy, policy_kwargs = self._policy_for(env.observation_space)
         if self.algorithm == "recurrent-ppo":
             from sb3_contrib import RecurrentPPO
@@ -104,6 +111,9 @@ class AgentSpec:
         from sparc_rl.ppo import SparcPPO
 
         plugins = [PLUGINS[name](**kwargs) for name, kwargs in self.plugins]
+        detects = any(isinstance(plugin, NoveltyBoundaryDetector) for plugin in plugins)
+        if hidden_boundaries and self.consolidate and policy_kwargs.get("core", "sparc") == "sparc" and not detects:
+            plugins.append(NoveltyBoundaryDetector())
         return SparcPPO(
             policy,
             env,

@@ -29,6 +29,9 @@ class ContinualPlugin:
         """Extra loss for this minibatch, or ``None``."""
         return None
 
+    def on_rollout_end(self, model: SparcPPO) -> None:
+        """A rollout was collected; training on it has not started yet."""
+
 
 def ewc_penalty(params: dict[str, th.Tensor], anchors: dict[str, th.Tensor], fisher: dict[str, th.Tensor]) -> th.Tensor:
     """Elastic weight consolidation: ``sum_i F_i (theta_i - theta*_i)^2``."""
@@ -120,3 +123,52 @@ class BehaviourCloning(ContinualPlugin):
             student = model.policy.action_logits_sequences(observations, states, starts)
             losses.append(distillation_loss(student, teacher))
         return self.strength * th.stack(losses).mean()
+
+
+def rollout_novelty(mean: th.Tensor, segment_mean: th.Tensor, segment_var: th.Tensor) -> float:
+    """How far a rollout's mean context lies from the current segment's, in segment standard
+    deviations squared, averaged over dimensions."""
+    return float(((mean - segment_mean).pow(2) / segment_var.clamp_min(1e-2)).mean())
+
+
+class NoveltyBoundaryDetector(ContinualPlugin):
+    """The *detect* stage for hidden boundaries: when a rollout's mean context jumps away from the
+    running statistics of the current segment, the skill learned so far is consolidated (from the
+    previous rollout, which still belongs to the old task) before training on the new data.
+
+    :param threshold: novelty (see :func:`rollout_novelty`) that counts as a new task
+    :param min_rollouts: rollouts a segment needs before it can be consolidated
+    :param momentum: weight of the old statistics in the running segment mean and variance
+    """
+
+    def __init__(self, threshold: float = 1.0, min_rollouts: int = 10, momentum: float = 0.9) -> None:
+        self.threshold = threshold
+        self.min_rollouts = min_rollouts
+        self.momentum = momentum
+        self.segment: tuple[th.Tensor, th.Tensor] | None = None
+        self.rollouts_in_segment = 0
+        self.previous: tuple[th.Tensor, th.Tensor] | None = None
+        self.detected = 0
+
+    def on_rollout_end(self, model: SparcPPO) -> None:
+        buffer = model.rollout_buffer
+        obs = buffer.time_major_tensor(buffer.observations)
+        starts = buffer.to_torch(buffer.episode_starts)
+        with th.no_grad():
+            features = model.policy.extract_features(obs, model.policy.features_extractor)
+            assert isinstance(features, th.Tensor)
+            contexts = model.policy.actor_core.contexts(features.reshape(*starts.shape, -1), starts)
+        flat = contexts.reshape(-1, contexts.shape[-1])
+        mean, var = flat.mean(0), flat.var(0, unbiased=False)
+        if self.segment is not None and self.rollouts_in_segment >= self.min_rollouts and self.previous is not None:
+            if rollout_novelty(mean, *self.segment) > self.threshold:
+                model.policy.consolidate(*self.previous)
+                self.detected += 1
+                self.segment, self.rollouts_in_segment = None, 0
+        if self.segment is None:
+            self.segment = (mean, var)
+        else:
+            m = self.momentum
+            self.segment = (m * self.segment[0] + (1 - m) * mean, m * self.segment[1] + (1 - m) * var)
+        self.rollouts_in_segment += 1
+        self.previous = (obs, starts)

@@ -212,6 +212,8 @@ class SparcPPO(PPO):
             starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
             values = self.policy.predict_values_step(obs_as_tensor(new_obs, self.device), state, starts)  # type: ignore[arg-type]
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        for plugin in self.plugins:
+            plugin.on_rollout_end(self)
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True

@@ -324,7 +324,7 @@ class ContinualRunner:
         self._env_stage = min(stage, len(self.curriculum.tasks) - 1)
         env = self._make_train_env(self._env_stage)
         if self.state.checkpoint is None:
-            return self.agent.build(env, seed=self.seed)
+            return self.agent.build(env, seed=self.seed, hidden_boundaries=self.curriculum.boundary == "hidden")
         path = self.run_dir / self.state.checkpoint
         check_checkpoint_file(path)
         model_class: type[BaseAlgorithm]

@@ -159,3 +159,51 @@ def test_plugins_hooks_and_auxiliary_loss_are_called():
     model.end_task()
     assert recorder.events == [("start", "a"), ("end", "a")]
     assert recorder.aux_calls == 2  # 2 epochs x 1 minibatch per rollout
+
+
+class _ShiftedObservations:
+    """Env factory: observations are noise around ``centre``; reward for action 1."""
+
+    def __init__(self, centre: float):
+        self.centre = centre
+
+    def __call__(self):
+        import gymnasium as gym
+        from gymnasium import spaces
+
+        centre = self.centre
+
+        class Shifted(gym.Env):
+            observation_space = spaces.Box(-20, 20, (3,), np.float32)
+            action_space = spaces.Discrete(2)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.t = 0
+                return self._obs(), {}
+
+            def _obs(self):
+                return (centre + self.np_random.normal(size=3)).astype(np.float32)
+
+            def step(self, action):
+                self.t += 1
+                return self._obs(), float(action), False, self.t >= 10, {}
+
+        return Shifted()
+
+
+def test_novelty_detector_consolidates_once_when_hidden_task_changes():
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from sparc_rl.plugins import NoveltyBoundaryDetector
+
+    detector = NoveltyBoundaryDetector(min_rollouts=3)
+    model = SparcPPO("MlpSparcPolicy", DummyVecEnv([_ShiftedObservations(0.0)] * 2), plugins=[detector], seed=0,
+                     policy_kwargs=dict(hidden_size=16, n_slots=4), **SMALL)
+    model.learn(64 * 6)
+    assert detector.detected == 0 and int(model.policy.actor_core.n_filled) == 0
+    model.set_env(DummyVecEnv([_ShiftedObservations(5.0)] * 2))
+    model.learn(64 * 6, reset_num_timesteps=False)
+    assert detector.detected == 1 and int(model.policy.actor_core.n_filled) == 1
+    # the slot's key describes the old task (centred on 0), not the new one
+    assert float(model.policy.actor_core.key_mean[0, :3].abs().max()) < 1.0

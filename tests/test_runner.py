@@ -77,3 +77,21 @@ def test_metrics_json_matches_the_logged_matrix(finished_run):
 def test_memory_was_written_once_per_announced_task(finished_run):
     runner, _ = finished_run
     assert int(runner.model.policy.actor_core.n_filled) == 2
+
+
+def test_hidden_boundaries_are_not_announced_and_sparc_detects_them_itself(tmp_path):
+    from sparc_rl.agents import AgentSpec
+    from sparc_rl.curriculum import parse_curriculum
+    from sparc_rl.plugins import NoveltyBoundaryDetector
+    from tests.conftest import tiny_curriculum_dict
+
+    data = {**tiny_curriculum_dict(), "boundary": "hidden"}
+    agent = AgentSpec(name="tiny-sparc", policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
+                      algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16}, n_envs=2)
+    runner = ContinualRunner(parse_curriculum(data, "hidden"), agent, seed=0, run_dir=tmp_path / "run",
+                             progress=False)
+    runner.run()
+    assert runner.model.current_task is None  # never told
+    assert [type(p) for p in runner.model.plugins] == [NoveltyBoundaryDetector]
+    detector = runner.model.plugins[0]
+    assert int(runner.model.policy.actor_core.n_consolidations) == detector.detected

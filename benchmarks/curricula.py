@@ -1,0 +1,119 @@
+"""Curriculum benchmark (issue: non-stationary environments and curricula).
+
+1. Every task of every built-in curriculum, trained alone with SparcPPO (the `sparc` preset) on its
+   curriculum budget: final success and steps to 0.9 (target: >= 0.9 within the budget).
+2. Interference on garden-seasons: the `lstm` preset fine-tuned season after season; the largest drop
+   of an earlier season's success from the end of its own stage to any later stage (target: >= 0.5).
+
+    python benchmarks/curricula.py --jobs 2 --out benchmarks/results/curricula.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from sparc_rl.curriculum import list_curricula, load_curriculum
+
+
+def single_task(job: tuple[str, int, str, int]) -> dict:
+    curriculum_name, index, out, seed = job
+    torch.set_num_threads(1)
+    from sparc_rl.runner import ContinualRunner
+
+    curriculum = load_curriculum(curriculum_name)
+    task = curriculum.tasks[index]
+    alone = dataclasses.replace(curriculum, name=f"{curriculum.name}-{task.name}", tasks=(task,))
+    start = time.time()
+    runner = ContinualRunner(alone, "sparc", seed=seed, run_dir=Path(out) / f"{curriculum_name}-{task.name}",
+                             progress=False, command="benchmarks/curricula.py")
+    result = runner.run()
+    reached = [steps for _, steps, scores in runner.state.history if scores[0] >= 0.9]
+    return {"curriculum": curriculum_name, "task": task.name, "budget": task.steps,
+            "final": result.matrix[0][0], "best": max(s[0] for _, _, s in runner.state.history),
+            "steps_to_0.9": min(reached) if reached else None, "seconds": time.time() - start}
+
+
+def interference(job: tuple[str, int, str, int]) -> dict:
+    curriculum_name, _, out, seed = job
+    torch.set_num_threads(1)
+    from sparc_rl.runner import ContinualRunner
+
+    start = time.time()
+    runner = ContinualRunner(curriculum_name, "lstm", seed=seed, run_dir=Path(out) / f"{curriculum_name}-lstm",
+                             progress=False, command="benchmarks/curricula.py")
+    result = runner.run()
+    matrix = result.matrix
+    drops = {}
+    for j in range(len(matrix) - 1):
+        later = min(matrix[i][j] for i in range(j + 1, len(matrix)))
+        drops[result.tasks[j]] = matrix[j][j] - later
+    return {"curriculum": curriculum_name, "matrix": matrix, "tasks": result.tasks, "drops": drops,
+            "seconds": time.time() - start}
+
+
+def run(job: tuple[str, int, str, int]) -> dict:
+    return interference(job) if job[1] < 0 else single_task(job)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curricula", default=",".join(list_curricula()))
+    parser.add_argument("--runs", default="runs/bench-curricula")
+    parser.add_argument("--out", default="benchmarks/results/curricula.md")
+    args = parser.parse_args()
+    names = args.curricula.split(",")
+    jobs = [("garden-seasons", -1, args.runs, args.seed)]  # the longest first
+    for name in names:
+        seen = set()
+        for index, task in enumerate(load_curriculum(name).tasks):
+            key = (task.env_id, tuple(sorted(task.kwargs.items())))
+            if key not in seen:  # a task that returns is the same task: train it alone once
+                seen.add(key)
+                jobs.append((name, index, args.runs, args.seed))
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        results = pool.map(run, jobs, chunksize=1)
+    singles = [r for r in results if "task" in r]
+    lines = [
+        "# Curriculum benchmark",
+        "",
+        f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
+        f"{platform.platform()}, torch {torch.__version__}, {args.jobs} runs in parallel, 1 torch thread each. "
+        f"Command: `python benchmarks/curricula.py --jobs {args.jobs} --seed {args.seed}`.",
+        "",
+        "## Each task alone (SparcPPO, `sparc` preset, its curriculum budget, seed "
+        f"{args.seed}; success = deterministic, {''}curriculum's eval episodes)",
+        "",
+        "| curriculum | task | budget | steps to 0.9 | final success | best success | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in singles:
+        lines.append(f"| {r['curriculum']} | {r['task']} | {r['budget']} | {r['steps_to_0.9'] or 'not reached'} | "
+                     f"{r['final']:.2f} | {r['best']:.2f} | {r['seconds']:.0f} |")
+    passed = sum(r["steps_to_0.9"] is not None for r in singles)
+    lines += ["", f"{passed} of {len(singles)} tasks reach 0.9 within their budget."]
+    for r in results:
+        if "drops" in r:
+            worst = max(r["drops"], key=r["drops"].get)
+            lines += ["", f"## Interference: `lstm` fine-tuned through {r['curriculum']} ({r['seconds']:.0f} s)", "",
+                      "| after \\ task | " + " | ".join(r["tasks"]) + " |", "|---" * (len(r["tasks"]) + 1) + "|"]
+            lines += [f"| {t} | " + " | ".join(f"{v:.2f}" for v in row) + " |"
+                      for t, row in zip(r["tasks"], r["matrix"], strict=True)]
+            lines += ["", f"Largest drop of an earlier season: **{r['drops'][worst]:.2f}** ({worst}) (target >= 0.5)."]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
