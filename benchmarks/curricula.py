@@ -33,13 +33,25 @@ def single_task(job: tuple[str, int, str, int]) -> dict:
     task = curriculum.tasks[index]
     alone = dataclasses.replace(curriculum, name=f"{curriculum.name}-{task.name}", tasks=(task,))
     start = time.time()
-    runner = ContinualRunner(alone, "sparc", seed=seed, run_dir=Path(out) / f"{curriculum_name}-{task.name}",
-                             progress=False, command="benchmarks/curricula.py")
+    runner = ContinualRunner(
+        alone,
+        "sparc",
+        seed=seed,
+        run_dir=Path(out) / f"{curriculum_name}-{task.name}",
+        progress=False,
+        command="benchmarks/curricula.py",
+    )
     result = runner.run()
     reached = [steps for _, steps, scores in runner.state.history if scores[0] >= 0.9]
-    return {"curriculum": curriculum_name, "task": task.name, "budget": task.steps,
-            "final": result.matrix[0][0], "best": max(s[0] for _, _, s in runner.state.history),
-            "steps_to_0.9": min(reached) if reached else None, "seconds": time.time() - start}
+    return {
+        "curriculum": curriculum_name,
+        "task": task.name,
+        "budget": task.steps,
+        "final": result.matrix[0][0],
+        "best": max(s[0] for _, _, s in runner.state.history),
+        "steps_to_0.9": min(reached) if reached else None,
+        "seconds": time.time() - start,
+    }
 
 
 def interference(job: tuple[str, int, str, int]) -> dict:
@@ -48,16 +60,27 @@ def interference(job: tuple[str, int, str, int]) -> dict:
     from sparc_rl.runner import ContinualRunner
 
     start = time.time()
-    runner = ContinualRunner(curriculum_name, "lstm", seed=seed, run_dir=Path(out) / f"{curriculum_name}-lstm",
-                             progress=False, command="benchmarks/curricula.py")
+    runner = ContinualRunner(
+        curriculum_name,
+        "lstm",
+        seed=seed,
+        run_dir=Path(out) / f"{curriculum_name}-lstm",
+        progress=False,
+        command="benchmarks/curricula.py",
+    )
     result = runner.run()
     matrix = result.matrix
     drops = {}
     for j in range(len(matrix) - 1):
         later = min(matrix[i][j] for i in range(j + 1, len(matrix)))
         drops[result.tasks[j]] = matrix[j][j] - later
-    return {"curriculum": curriculum_name, "matrix": matrix, "tasks": result.tasks, "drops": drops,
-            "seconds": time.time() - start}
+    return {
+        "curriculum": curriculum_name,
+        "matrix": matrix,
+        "tasks": result.tasks,
+        "drops": drops,
+        "seconds": time.time() - start,
+    }
 
 
 def run(job: tuple[str, int, str, int]) -> dict:
@@ -98,17 +121,26 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for r in singles:
-        lines.append(f"| {r['curriculum']} | {r['task']} | {r['budget']} | {r['steps_to_0.9'] or 'not reached'} | "
-                     f"{r['final']:.2f} | {r['best']:.2f} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['curriculum']} | {r['task']} | {r['budget']} | {r['steps_to_0.9'] or 'not reached'} | "
+            f"{r['final']:.2f} | {r['best']:.2f} | {r['seconds']:.0f} |"
+        )
     passed = sum(r["steps_to_0.9"] is not None for r in singles)
     lines += ["", f"{passed} of {len(singles)} tasks reach 0.9 within their budget."]
     for r in results:
         if "drops" in r:
             worst = max(r["drops"], key=r["drops"].get)
-            lines += ["", f"## Interference: `lstm` fine-tuned through {r['curriculum']} ({r['seconds']:.0f} s)", "",
-                      "| after \\ task | " + " | ".join(r["tasks"]) + " |", "|---" * (len(r["tasks"]) + 1) + "|"]
-            lines += [f"| {t} | " + " | ".join(f"{v:.2f}" for v in row) + " |"
-                      for t, row in zip(r["tasks"], r["matrix"], strict=True)]
+            lines += [
+                "",
+                f"## Interference: `lstm` fine-tuned through {r['curriculum']} ({r['seconds']:.0f} s)",
+                "",
+                "| after \\ task | " + " | ".join(r["tasks"]) + " |",
+                "|---" * (len(r["tasks"]) + 1) + "|",
+            ]
+            lines += [
+                f"| {t} | " + " | ".join(f"{v:.2f}" for v in row) + " |"
+                for t, row in zip(r["tasks"], r["matrix"], strict=True)
+            ]
             lines += ["", f"Largest drop of an earlier season: **{r['drops'][worst]:.2f}** ({worst}) (target >= 0.5)."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -111,8 +111,9 @@ def filled(model: SparcPPO, slots: int) -> SparcPPO:
     return model
 
 
-def time_to_solve(name: str, model, budget: int, max_seconds: float, chunk: int = 8192
-                  ) -> tuple[float | None, int, float]:
+def time_to_solve(
+    name: str, model, budget: int, max_seconds: float, chunk: int = 8192
+) -> tuple[float | None, int, float]:
     """Wall seconds (training only) until deterministic success on 50 episodes reaches 0.9."""
     trained, train_time, best = 0, 0.0, 0.0
     eval_env = make_vec_env(make_env, n_envs=10, seed=999)
@@ -160,9 +161,7 @@ def main() -> None:
         f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
         f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
         f"sparc-rl {sparc_rl.__version__}, torch threads 1. "
-        f"Command: `python benchmarks/throughput.py --steps {args.steps}"
-        + (" --solve" if args.solve else "")
-        + "`.",
+        f"Command: `python benchmarks/throughput.py --steps {args.steps}" + (" --solve" if args.solve else "") + "`.",
         "",
         f"Env steps per second over {args.steps} steps of `learn` (after one warm-up rollout), one process:",
         "",

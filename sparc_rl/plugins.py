@@ -151,6 +151,10 @@ class NoveltyBoundaryDetector(ContinualPlugin):
         self.detected = 0
 
     def on_rollout_end(self, model: SparcPPO) -> None:
+        from sparc_rl.cores import SparcCore
+
+        if not isinstance(model.policy.actor_core, SparcCore):
+            raise TypeError("NoveltyBoundaryDetector needs a SPARC core (policy_kwargs core='sparc').")
         buffer = model.rollout_buffer
         obs = buffer.time_major_tensor(buffer.observations)
         starts = buffer.to_torch(buffer.episode_starts)
@@ -160,11 +164,16 @@ class NoveltyBoundaryDetector(ContinualPlugin):
             contexts = model.policy.actor_core.contexts(features.reshape(*starts.shape, -1), starts)
         flat = contexts.reshape(-1, contexts.shape[-1])
         mean, var = flat.mean(0), flat.var(0, unbiased=False)
-        if self.segment is not None and self.rollouts_in_segment >= self.min_rollouts and self.previous is not None:
-            if rollout_novelty(mean, *self.segment) > self.threshold:
-                model.policy.consolidate(*self.previous)
-                self.detected += 1
-                self.segment, self.rollouts_in_segment = None, 0
+        segment, previous = self.segment, self.previous
+        if (
+            segment is not None
+            and previous is not None
+            and self.rollouts_in_segment >= self.min_rollouts
+            and rollout_novelty(mean, segment[0], segment[1]) > self.threshold
+        ):
+            model.policy.consolidate(previous[0], previous[1])
+            self.detected += 1
+            self.segment, self.rollouts_in_segment = None, 0
         if self.segment is None:
             self.segment = (mean, var)
         else:

@@ -57,8 +57,9 @@ def test_sparc_solves_a_memory_task_that_feed_forward_ppo_cannot():
         best = max(best, evaluate_task(sparc, _Task, 100, seed=7).success_rate)
     assert best >= 0.95, f"SPARC reached only {best:.2f} success in {sparc.num_timesteps} steps"
 
-    feed_forward = PPO("MlpPolicy", make_vec_env("Test/CueMemory-v0", n_envs=8, seed=0), n_steps=64, seed=0,
-                       device="cpu")
+    feed_forward = PPO(
+        "MlpPolicy", make_vec_env("Test/CueMemory-v0", n_envs=8, seed=0), n_steps=64, seed=0, device="cpu"
+    )
     feed_forward.learn(budget)
     baseline = evaluate_task(feed_forward, _Task, 200, seed=7).success_rate
     assert baseline < 0.7, f"a memoryless policy should only guess, got {baseline:.2f}"

@@ -198,8 +198,14 @@ def test_novelty_detector_consolidates_once_when_hidden_task_changes():
     from sparc_rl.plugins import NoveltyBoundaryDetector
 
     detector = NoveltyBoundaryDetector(min_rollouts=3)
-    model = SparcPPO("MlpSparcPolicy", DummyVecEnv([_ShiftedObservations(0.0)] * 2), plugins=[detector], seed=0,
-                     policy_kwargs=dict(hidden_size=16, n_slots=4), **SMALL)
+    model = SparcPPO(
+        "MlpSparcPolicy",
+        DummyVecEnv([_ShiftedObservations(0.0)] * 2),
+        plugins=[detector],
+        seed=0,
+        policy_kwargs=dict(hidden_size=16, n_slots=4),
+        **SMALL,
+    )
     model.learn(64 * 6)
     assert detector.detected == 0 and int(model.policy.actor_core.n_filled) == 0
     model.set_env(DummyVecEnv([_ShiftedObservations(5.0)] * 2))

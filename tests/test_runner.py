@@ -86,10 +86,13 @@ def test_hidden_boundaries_are_not_announced_and_sparc_detects_them_itself(tmp_p
     from tests.conftest import tiny_curriculum_dict
 
     data = {**tiny_curriculum_dict(), "boundary": "hidden"}
-    agent = AgentSpec(name="tiny-sparc", policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
-                      algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16}, n_envs=2)
-    runner = ContinualRunner(parse_curriculum(data, "hidden"), agent, seed=0, run_dir=tmp_path / "run",
-                             progress=False)
+    agent = AgentSpec(
+        name="tiny-sparc",
+        policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
+        algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
+        n_envs=2,
+    )
+    runner = ContinualRunner(parse_curriculum(data, "hidden"), agent, seed=0, run_dir=tmp_path / "run", progress=False)
     runner.run()
     assert runner.model.current_task is None  # never told
     assert [type(p) for p in runner.model.plugins] == [NoveltyBoundaryDetector]
