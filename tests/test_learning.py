@@ -16,7 +16,9 @@ class CueMemoryEnv(gym.Env):
     answer with the action matching the cue (0 for -1, 1 for +1). A memoryless policy can only guess
     (success 0.5)."""
 
-    def __init__(self, delay: int = 4):
+    metadata = {"render_modes": []}
+
+    def __init__(self, delay: int = 4, render_mode=None):
         self.delay = delay
         self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = spaces.Discrete(2)

@@ -1,0 +1,61 @@
+import csv
+
+import yaml
+
+from sparc_rl.cli import main
+from tests.conftest import tiny_curriculum_dict
+
+TINY = {
+    "policy_kwargs": {"hidden_size": 16, "n_slots": 2},
+    "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
+    "n_envs": 2,
+}
+
+
+def test_bench_compares_agents_over_seeds(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
+    for name, core in (("tiny-sparc", "sparc"), ("tiny-lstm", "lstm")):
+        agent = {"name": name, **TINY, "policy_kwargs": {**TINY["policy_kwargs"], "core": core}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(agent))
+    agents = f"{tmp_path / 'tiny-sparc.yaml'},{tmp_path / 'tiny-lstm.yaml'}"
+    out = tmp_path / "bench"
+    assert (
+        main(
+            [
+                "bench",
+                "--curriculum",
+                str(tmp_path / "c.yaml"),
+                "--agents",
+                agents,
+                "--seeds",
+                "2",
+                "--jobs",
+                "2",
+                "--out",
+                str(out),
+                "--no-reference",
+            ]
+        )
+        == 0
+    )
+    table = (out / "results.md").read_text()
+    assert "| tiny-sparc | 2 |" in table and "| tiny-lstm | 2 |" in table
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    metrics = {(r["agent"], r["metric"]) for r in rows}
+    assert ("tiny-sparc", "forgetting") in metrics and ("tiny-lstm", "env_steps_per_s") in metrics
+    for row in rows:
+        if row["metric"] == "average_performance":
+            assert float(row["low"]) <= float(row["mean"]) <= float(row["high"])
+    assert (out / "retention_curves.png").stat().st_size > 0 and (out / "score_matrices.png").stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "tiny-lstm-seed0",
+        "tiny-lstm-seed1",
+        "tiny-sparc-seed0",
+        "tiny-sparc-seed1",
+    ]
+
+
+def test_bench_with_an_unknown_agent_fails_before_training(tmp_path, capsys):
+    assert main(["bench", "--agents", "sparc,lstmm", "--out", str(tmp_path / "b")]) == 2
+    assert "Unknown agent 'lstmm'" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
