@@ -174,3 +174,29 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     last_good = str(caught.value).split("Last good checkpoint (before the fault): ")[1].split(";")[0]
     model = SparcPPO.load(tmp_path / "run" / last_good)
     assert np.isfinite(model.policy.parameters_to_vector()).all()
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_final_checkpoint_and_a_partial_report(tmp_path):
+    curriculum = tiny_curriculum_dict()
+    for task in curriculum["tasks"]:
+        task["steps"] = 4096
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(TINY_AGENT))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "sparc_rl.cli", "train", "--curriculum", str(tmp_path / "c.yaml"),
+                             "--agent", str(tmp_path / "a.yaml"), "--run-dir", str(run_dir), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "state.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "partial report" in err and "--resume" in err and "Traceback" not in err
+    assert (run_dir / "checkpoints" / "interrupted.zip").is_file()
+    assert "Partial" in (run_dir / "report.md").read_text()
+    assert json.loads((run_dir / "metrics.json").read_text())["partial"] is True
+    # and the run can be resumed to the end
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["partial"] is False
