@@ -98,3 +98,22 @@ def test_hidden_boundaries_are_not_announced_and_sparc_detects_them_itself(tmp_p
     assert [type(p) for p in runner.model.plugins] == [NoveltyBoundaryDetector]
     detector = runner.model.plugins[0]
     assert int(runner.model.policy.actor_core.n_consolidations) == detector.detected
+
+
+def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path):
+    from sparc_rl.agents import AgentSpec
+    from sparc_rl.curriculum import parse_curriculum
+    from tests.conftest import tiny_curriculum_dict
+
+    agent = AgentSpec(name="tiny-gru", policy_kwargs={"core": "gru", "hidden_size": 8},
+                      algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16}, n_envs=2)
+    curriculum = parse_curriculum(tiny_curriculum_dict(), "tiny")
+    first = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "a", reference=True, progress=False).run()
+    cached = sorted((tmp_path / ".reference-cache").glob("*.json"))
+    assert len(cached) == 2
+    assert first.metrics["forward_transfer"] is not None
+    assert len(first.metrics["reference_auc"]) == 2
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    second = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "b", reference=True, progress=False).run()
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # read from the cache, not trained again
+    assert second.metrics["reference_auc"] == first.metrics["reference_auc"]
