@@ -117,3 +117,22 @@ def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path):
     second = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "b", reference=True, progress=False).run()
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # read from the cache, not trained again
     assert second.metrics["reference_auc"] == first.metrics["reference_auc"]
+
+
+@pytest.mark.parametrize("plugin", ["ewc", "behaviour-cloning"])
+def test_continual_plugins_run_through_a_curriculum(tmp_path, plugin):
+    from sparc_rl.agents import parse_agent
+    from sparc_rl.curriculum import parse_curriculum
+    from tests.conftest import tiny_curriculum_dict
+
+    agent = parse_agent({"name": f"tiny-{plugin}", "policy_kwargs": {"core": "lstm", "hidden_size": 8},
+                         "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
+                         "n_envs": 2, "consolidate": False, "plugins": [{"name": plugin}]})
+    runner = ContinualRunner(parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=0,
+                             run_dir=tmp_path / "run", progress=False)
+    runner.run()
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    # the plugin's loss joined training once the first task had ended
+    assert "train/auxiliary_loss" in events.Tags()["scalars"]
+    assert all(np.isfinite(e.value) for e in events.Scalars("train/auxiliary_loss"))
