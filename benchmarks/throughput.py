@@ -7,9 +7,10 @@ n_steps=128, hidden size 64, side by side in one process:
   SparcPPO's epochs/batch), SparcPPO with the lstm core and with the sparc core (0, 1 and 8 filled
   memory slots).
 
-Optionally (--solve) the wall time for SparcPPO-sparc and RecurrentPPO to reach 0.9 success.
+With --solve instead: the training time SparcPPO-sparc and RecurrentPPO need to reach 0.9 success.
 
-    python benchmarks/throughput.py --steps 20480 --out benchmarks/results/throughput.md
+    python benchmarks/throughput.py --steps 20480      # -> benchmarks/results/throughput.md
+    python benchmarks/throughput.py --solve            # -> benchmarks/results/time_to_solve.md
 """
 
 from __future__ import annotations
@@ -131,21 +132,22 @@ def time_to_solve(
     return None, trained, best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=20480)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--solve", action="store_true", help="also measure time to 0.9 success")
-    parser.add_argument("--solve-budget", type=int, default=300_000)
-    parser.add_argument("--solve-seconds", type=float, default=480.0, help="training-time cap per contender")
-    parser.add_argument("--out", default="benchmarks/results/throughput.md")
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # the same for every contender; 1 thread is fastest for these small networks
+def header(title: str, command: str) -> list[str]:
+    return [
+        f"# {title}",
+        "",
+        f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
+        f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
+        f"sparc-rl {sparc_rl.__version__}, torch threads 1. Command: `{command}`.",
+        "",
+    ]
 
-    rows = [("random actions (ceiling)", random_sps(args.steps))]
+
+def throughput_report(steps: int, seed: int) -> list[str]:
+    rows = [("random actions (ceiling)", random_sps(steps))]
     print(f"{rows[-1][0]}: {rows[-1][1]:.0f} steps/s", flush=True)
-    for name, build in builders(args.seed).items():
-        rows.append((name, learn_sps(build(), args.steps)))
+    for name, build in builders(seed).items():
+        rows.append((name, learn_sps(build(), steps)))
         print(f"{name}: {rows[-1][1]:.0f} steps/s", flush=True)
     sps = dict(rows)
     rppo = sps["RecurrentPPO LSTM-64 (its defaults: 10 epochs, batch 128)"]
@@ -154,16 +156,12 @@ def main() -> None:
     sparc0 = sps["SparcPPO sparc core, 0 slots filled"]
     sparc1 = sps["SparcPPO sparc core, 1 slot filled"]
     sparc8 = sps["SparcPPO sparc core, 8 slots filled"]
-
-    lines = [
-        "# Throughput: MiniGrid DoorKey-5x5, 8 envs, n_steps=128, hidden 64",
-        "",
-        f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
-        f"{platform.processor() or platform.machine()}, {platform.platform()}, torch {torch.__version__}, "
-        f"sparc-rl {sparc_rl.__version__}, torch threads 1. "
-        f"Command: `python benchmarks/throughput.py --steps {args.steps}" + (" --solve" if args.solve else "") + "`.",
-        "",
-        f"Env steps per second over {args.steps} steps of `learn` (after one warm-up rollout), one process:",
+    lines = header(
+        "Throughput: MiniGrid DoorKey-5x5, 8 envs, n_steps=128, hidden 64",
+        f"python benchmarks/throughput.py --steps {steps}",
+    )
+    lines += [
+        f"Env steps per second over {steps} steps of `learn` (after one warm-up rollout), one process:",
         "",
         "| what | env steps/s | vs RecurrentPPO (defaults) | vs SB3 PPO |",
         "|---|---|---|---|",
@@ -177,38 +175,63 @@ def main() -> None:
         f"**{sparc8 / ppo:.2f}x** (target >= 0.5x).",
         f"- Step cost growth from 1 to 8 filled slots: **{sparc1 / sparc8:.2f}x** (target <= 1.5x).",
     ]
+    return lines
+
+
+def solve_report(seed: int, budget: int, max_seconds: float) -> list[str]:
+    lines = header(
+        "Time to 0.9 success on MiniGrid DoorKey-5x5 (8 envs, n_steps=128, hidden 64)",
+        f"python benchmarks/throughput.py --solve --solve-budget {budget} --solve-seconds {max_seconds:.0f}",
+    )
+    lines += [
+        f"Deterministic success over 50 episodes, checked every 8192 steps; each contender stops at 0.9, at "
+        f"{budget} env steps, or after {max_seconds:.0f} s of training (evaluation time not counted).",
+        "",
+        "| agent | training seconds to 0.9 | env steps | success at stop |",
+        "|---|---|---|---|",
+    ]
+    contenders = {
+        "SparcPPO sparc core": lambda: SparcPPO(
+            "MlpSparcPolicy",
+            vec_env(seed),
+            n_steps=N_STEPS,
+            seed=seed,
+            policy_kwargs=dict(core="sparc", hidden_size=HIDDEN, n_slots=8),
+        ),
+        "RecurrentPPO LSTM-64 (defaults)": lambda: RecurrentPPO(
+            "MlpLstmPolicy",
+            vec_env(seed),
+            n_steps=N_STEPS,
+            seed=seed,
+            device="cpu",
+            policy_kwargs=dict(lstm_hidden_size=HIDDEN),
+        ),
+    }
+    for name, build in contenders.items():
+        seconds, steps, success = time_to_solve(name, build(), budget, max_seconds)
+        shown = f"{seconds:.0f}" if seconds is not None else f"not reached in {max_seconds:.0f} s"
+        lines.append(f"| {name} | {shown} | {steps} | {success:.2f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20480)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--solve", action="store_true", help="measure time to 0.9 success instead of throughput")
+    parser.add_argument("--solve-budget", type=int, default=300_000)
+    parser.add_argument("--solve-seconds", type=float, default=480.0, help="training-time cap per contender")
+    parser.add_argument("--out", default=None, help="default: results/throughput.md or results/time_to_solve.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the same for every contender; 1 thread is fastest for these small networks
     if args.solve:
-        lines += [
-            "",
-            f"Time to 0.9 success (deterministic, 50 episodes, checked every 8192 steps, budget "
-            f"{args.solve_budget} steps):",
-            "",
-            "| agent | training seconds | env steps | success |",
-            "|---|---|---|---|",
-        ]
-        contenders = {
-            "SparcPPO sparc core": SparcPPO(
-                "MlpSparcPolicy",
-                vec_env(args.seed),
-                n_steps=N_STEPS,
-                seed=args.seed,
-                policy_kwargs=dict(core="sparc", hidden_size=HIDDEN, n_slots=8),
-            ),
-            "RecurrentPPO LSTM-64 (defaults)": RecurrentPPO(
-                "MlpLstmPolicy",
-                vec_env(args.seed),
-                n_steps=N_STEPS,
-                seed=args.seed,
-                device="cpu",
-                policy_kwargs=dict(lstm_hidden_size=HIDDEN),
-            ),
-        }
-        for name, model in contenders.items():
-            seconds, steps, success = time_to_solve(name, model, args.solve_budget, args.solve_seconds)
-            shown = f"{seconds:.0f}" if seconds is not None else f"not reached (best {success:.2f})"
-            lines.append(f"| {name} | {shown} | {steps} | {success:.2f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+        lines = solve_report(args.seed, args.solve_budget, args.solve_seconds)
+        out = Path(args.out or "benchmarks/results/time_to_solve.md")
+    else:
+        lines = throughput_report(args.steps, args.seed)
+        out = Path(args.out or "benchmarks/results/throughput.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -244,25 +244,26 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         :param state: state before the first step of each sequence, ``(batch, state_size)``
         :param episode_starts: ``(time, batch)``
         """
-        features = _as_tensor(self.extract_features(obs, self.features_extractor))
-        steps, batch = episode_starts.shape
-        features = features.reshape(steps, batch, -1)
+        features = self._sequence_features(obs, episode_starts)
         actor_state, critic_state = self._split_state(state)
-        latent_pi, _ = self.actor_core.unroll(features, actor_state, episode_starts)
+        latent_pi = self._actor_latents(features, actor_state, episode_starts)
         latent_vf, _ = self.critic_core.unroll(features, critic_state, episode_starts)
-        latent_pi = self.mlp_extractor.forward_actor(latent_pi.reshape(steps * batch, -1))
-        latent_vf = self.mlp_extractor.forward_critic(latent_vf.reshape(steps * batch, -1))
+        latent_vf = self.mlp_extractor.forward_critic(latent_vf.reshape(-1, latent_vf.shape[-1]))
         distribution = self._get_action_dist_from_latent(latent_pi)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
 
+    def _sequence_features(self, obs: PyTorchObs, episode_starts: th.Tensor) -> th.Tensor:
+        features = _as_tensor(self.extract_features(obs, self.features_extractor))
+        return features.reshape(*episode_starts.shape, -1)
+
+    def _actor_latents(self, features: th.Tensor, actor_state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+        latent_pi, _ = self.actor_core.unroll(features, actor_state, episode_starts)
+        return self.mlp_extractor.forward_actor(latent_pi.reshape(-1, latent_pi.shape[-1]))
+
     def action_logits_sequences(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
         """Actor output before the distribution (logits or mean), time-major, for distillation."""
-        features = _as_tensor(self.extract_features(obs, self.features_extractor))
-        steps, batch = episode_starts.shape
-        latent_pi, _ = self.actor_core.unroll(
-            features.reshape(steps, batch, -1), self._split_state(state)[0], episode_starts
-        )
-        return self.action_net(self.mlp_extractor.forward_actor(latent_pi.reshape(steps * batch, -1)))
+        features = self._sequence_features(obs, episode_starts)
+        return self.action_net(self._actor_latents(features, self._split_state(state)[0], episode_starts))
 
     # -- continual learning --------------------------------------------------------------------
     @th.no_grad()
@@ -272,8 +273,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         :param obs: observations of the current task, time-major ``(time * n_envs, ...)``
         :param episode_starts: ``(time, n_envs)``
         """
-        features = _as_tensor(self.extract_features(obs, self.features_extractor))
-        features = features.reshape(*episode_starts.shape, -1)
+        features = self._sequence_features(obs, episode_starts)
         self.actor_core.consolidate(features, episode_starts)
         self.critic_core.consolidate(features, episode_starts)
         if self.protect_on_consolidate and self.core_name == "sparc":

@@ -41,6 +41,7 @@ from sparc_rl.agents import AgentSpec, load_agent
 from sparc_rl.curriculum import Curriculum, TaskSpec, load_curriculum
 from sparc_rl.errors import CheckpointError, ConfigError, TrainingDivergedError
 from sparc_rl.evaluation import evaluate_curriculum, evaluate_task
+from sparc_rl.inference import check_spaces
 from sparc_rl.io import atomic_write_json, atomic_write_text, check_checkpoint_file, save_model_atomically, versions
 from sparc_rl.ppo import SparcPPO
 from sparc_rl.reporting import learning_curve_figure, retention_figure, write_report
@@ -369,9 +370,9 @@ class ContinualRunner:
             if last:
                 self.state.matrix.append(success)
                 self.state.stage, self.state.steps_in_stage = stage + 1, 0
-            self._commit(model)
-            if last:
+                # before the commit, so a committed task end always has its checkpoint
                 save_model_atomically(model, self.run_dir / "checkpoints" / f"task-{stage}-{task.name}.zip")
+            self._commit(model)
             self._log_evaluation(logger, scores, diagnostics, model.num_timesteps)
             bar.set_postfix_str(
                 f"task {task.name} ({stage + 1}/{len(self.curriculum.tasks)}) " + " ".join(f"{s:.2f}" for s in success)
@@ -489,12 +490,8 @@ def evaluate_saved_model(
     except Exception as error:
         raise CheckpointError(f"Cannot load model {str(path)!r}: {error}") from None
     task_env = loaded.tasks[0].make_env()
-    if task_env.observation_space != model.observation_space or task_env.action_space != model.action_space:
-        from sparc_rl.errors import SpaceMismatchError
-
-        raise SpaceMismatchError(
-            f"The model expects observations {model.observation_space} and actions {model.action_space}, but "
-            f"curriculum {loaded.name!r} gives {task_env.observation_space} and {task_env.action_space}."
-        )
-    task_env.close()
+    try:
+        check_spaces(model.observation_space, model.action_space, task_env)
+    finally:
+        task_env.close()
     return loaded, evaluate_curriculum(model, loaded, episodes or loaded.eval_episodes, seed)

@@ -184,9 +184,24 @@ def test_ctrl_c_writes_a_final_checkpoint_and_a_partial_report(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(TINY_AGENT))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "sparc_rl.cli", "train", "--curriculum", str(tmp_path / "c.yaml"),
-                             "--agent", str(tmp_path / "a.yaml"), "--run-dir", str(run_dir), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sparc_rl.cli",
+            "train",
+            "--curriculum",
+            str(tmp_path / "c.yaml"),
+            "--agent",
+            str(tmp_path / "a.yaml"),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "state.json").exists():
         time.sleep(0.05)

@@ -105,8 +105,12 @@ def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path):
     from sparc_rl.curriculum import parse_curriculum
     from tests.conftest import tiny_curriculum_dict
 
-    agent = AgentSpec(name="tiny-gru", policy_kwargs={"core": "gru", "hidden_size": 8},
-                      algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16}, n_envs=2)
+    agent = AgentSpec(
+        name="tiny-gru",
+        policy_kwargs={"core": "gru", "hidden_size": 8},
+        algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
+        n_envs=2,
+    )
     curriculum = parse_curriculum(tiny_curriculum_dict(), "tiny")
     first = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "a", reference=True, progress=False).run()
     cached = sorted((tmp_path / ".reference-cache").glob("*.json"))
@@ -125,11 +129,19 @@ def test_continual_plugins_run_through_a_curriculum(tmp_path, plugin):
     from sparc_rl.curriculum import parse_curriculum
     from tests.conftest import tiny_curriculum_dict
 
-    agent = parse_agent({"name": f"tiny-{plugin}", "policy_kwargs": {"core": "lstm", "hidden_size": 8},
-                         "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
-                         "n_envs": 2, "consolidate": False, "plugins": [{"name": plugin}]})
-    runner = ContinualRunner(parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=0,
-                             run_dir=tmp_path / "run", progress=False)
+    agent = parse_agent(
+        {
+            "name": f"tiny-{plugin}",
+            "policy_kwargs": {"core": "lstm", "hidden_size": 8},
+            "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
+            "n_envs": 2,
+            "consolidate": False,
+            "plugins": [{"name": plugin}],
+        }
+    )
+    runner = ContinualRunner(
+        parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=0, run_dir=tmp_path / "run", progress=False
+    )
     runner.run()
     events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0})
     events.Reload()
