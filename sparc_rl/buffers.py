@@ -22,6 +22,7 @@ class SequenceBatch(NamedTuple):
     returns: th.Tensor
     episode_starts: th.Tensor  # (seq_len, n_chunks)
     states: th.Tensor  # (n_chunks, state_size): the state before each chunk's first step
+    chunks: th.Tensor  # (n_chunks,): which chunks of the rollout, as numbered by ``all_sequences``
 
 
 class RecurrentRolloutBuffer(RolloutBuffer):
@@ -56,21 +57,19 @@ class RecurrentRolloutBuffer(RolloutBuffer):
         """``(steps, n_envs, ...)`` array as a tensor flattened to ``(steps * n_envs, ...)``."""
         return self.to_torch(array.reshape(self.buffer_size * self.n_envs, *array.shape[2:]))
 
-    def get_sequences(self, batch_size: int, seq_len: int) -> Generator[SequenceBatch, None, None]:
-        """Shuffled minibatches of whole chunks; resets inside a chunk are masks, not splits.
-
-        :param batch_size: steps per minibatch (a multiple of ``seq_len``)
-        :param seq_len: steps per chunk (divides ``buffer_size``)
-        """
+    def _chunked_tensors(self, seq_len: int) -> tuple[dict[str, th.Tensor], th.Tensor]:
+        """Rollout tensors as ``(seq_len, n_chunks, ...)``, chunk ``c * n_envs + e`` being env ``e``'s
+        ``c``-th chunk, and the state before each chunk."""
         assert self.full, "the buffer must be full before sampling"
         chunks_per_env = self.buffer_size // seq_len
 
-        def chunked(array: np.ndarray) -> np.ndarray:
-            # (steps, envs, ...) -> (seq_len, chunks_per_env * envs, ...), chunk index = c * envs + e
+        def chunked(array: np.ndarray) -> th.Tensor:
             shaped = array.reshape(chunks_per_env, seq_len, self.n_envs, *array.shape[2:])
-            return np.swapaxes(shaped, 0, 1).reshape(seq_len, chunks_per_env * self.n_envs, *array.shape[2:])
+            return self.to_torch(
+                np.swapaxes(shaped, 0, 1).reshape(seq_len, chunks_per_env * self.n_envs, *array.shape[2:])
+            )
 
-        data = {
+        tensors = {
             "observations": chunked(self.observations),
             "actions": chunked(self.actions),
             "old_values": chunked(self.values),
@@ -79,25 +78,41 @@ class RecurrentRolloutBuffer(RolloutBuffer):
             "returns": chunked(self.returns),
             "episode_starts": chunked(self.episode_starts),
         }
-        tensors = {key: self.to_torch(value) for key, value in data.items()}
         states = self.to_torch(self.states[::seq_len].reshape(chunks_per_env * self.n_envs, self.state_size))
-        n_chunks = chunks_per_env * self.n_envs
+        return tensors, states
+
+    @staticmethod
+    def _batch(tensors: dict[str, th.Tensor], states: th.Tensor, idx: th.Tensor) -> SequenceBatch:
+        def flat(key: str) -> th.Tensor:
+            picked = tensors[key][:, idx]
+            return picked.reshape(picked.shape[0] * picked.shape[1], *picked.shape[2:])
+
+        return SequenceBatch(
+            observations=flat("observations"),
+            actions=flat("actions"),
+            old_values=flat("old_values").flatten(),
+            old_log_prob=flat("old_log_prob").flatten(),
+            advantages=flat("advantages").flatten(),
+            returns=flat("returns").flatten(),
+            episode_starts=tensors["episode_starts"][:, idx],
+            states=states[idx],
+            chunks=idx,
+        )
+
+    def all_sequences(self, seq_len: int) -> SequenceBatch:
+        """Every chunk of the rollout, in order, as one batch."""
+        tensors, states = self._chunked_tensors(seq_len)
+        return self._batch(tensors, states, th.arange(states.shape[0], device=self.device))
+
+    def get_sequences(self, batch_size: int, seq_len: int) -> Generator[SequenceBatch, None, None]:
+        """Shuffled minibatches of whole chunks; resets inside a chunk are masks, not splits.
+
+        :param batch_size: steps per minibatch (a multiple of ``seq_len``)
+        :param seq_len: steps per chunk (divides ``buffer_size``)
+        """
+        tensors, states = self._chunked_tensors(seq_len)
+        n_chunks = states.shape[0]
         per_batch = max(1, batch_size // seq_len)
         order = th.as_tensor(np.random.permutation(n_chunks), device=self.device)
         for start in range(0, n_chunks, per_batch):
-            idx = order[start : start + per_batch]
-
-            def flat(key: str, idx: th.Tensor = idx) -> th.Tensor:
-                picked = tensors[key][:, idx]
-                return picked.reshape(picked.shape[0] * picked.shape[1], *picked.shape[2:])
-
-            yield SequenceBatch(
-                observations=flat("observations"),
-                actions=flat("actions"),
-                old_values=flat("old_values").flatten(),
-                old_log_prob=flat("old_log_prob").flatten(),
-                advantages=flat("advantages").flatten(),
-                returns=flat("returns").flatten(),
-                episode_starts=tensors["episode_starts"][:, idx],
-                states=states[idx],
-            )
+            yield self._batch(tensors, states, order[start : start + per_batch])

@@ -7,6 +7,7 @@ initial value is zeros, so buffers, resets and save/load treat all cores the sam
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch as th
@@ -14,6 +15,27 @@ from torch import nn
 from torch.nn import functional as F
 
 from sparc_rl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class MemoryReadout:
+    """A SPARC memory's output along a batch of sequences (computed without autograd)."""
+
+    memory: th.Tensor  # (time, batch, hidden)
+    familiarity: th.Tensor  # (time, batch, 1)
+    final_slots: th.Tensor  # (batch, n_filled, hidden)
+    final_context: th.Tensor  # (batch, input_size)
+    final_weight: th.Tensor  # (batch, 1)
+
+    def select(self, index: th.Tensor) -> MemoryReadout:
+        """The read-out of the sequences ``index`` (along the batch dimension)."""
+        return MemoryReadout(
+            self.memory[:, index],
+            self.familiarity[:, index],
+            self.final_slots[index],
+            self.final_context[index],
+            self.final_weight[index],
+        )
 
 
 class RecurrentCore(nn.Module):
@@ -39,12 +61,20 @@ class RecurrentCore(nn.Module):
         """One time step: ``(batch, input_size), (batch, state_size) -> output, new state``."""
         raise NotImplementedError
 
-    def unroll(self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def unroll(
+        self,
+        x: th.Tensor,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        readout: MemoryReadout | None = None,
+    ) -> tuple[th.Tensor, th.Tensor]:
         """Unroll a batch of sequences, resetting the state where an episode starts.
 
         :param x: features, ``(time, batch, input_size)``
         :param state: state before the first step, ``(batch, state_size)``
         :param episode_starts: 1 where a new episode starts at that step, ``(time, batch)``
+        :param readout: the frozen memory's read-out of these sequences, from :meth:`read_memory`
+            (cores without memory ignore it)
         :return: outputs ``(time, batch, hidden_size)`` and the final state
         """
         keep = (1.0 - episode_starts).unsqueeze(-1)
@@ -53,6 +83,12 @@ class RecurrentCore(nn.Module):
             out, state = self.step(x[t], state * keep[t])
             outputs.append(out)
         return th.stack(outputs), state
+
+    def read_memory(self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor) -> MemoryReadout | None:
+        """What the frozen memory returns along these sequences (``None`` without filled memory).
+
+        It does not change while the trainable parts learn, so one read-out serves every epoch."""
+        return None
 
     def consolidate(self, features: th.Tensor, episode_starts: th.Tensor) -> None:
         """Write the current skill into memory (cores without memory do nothing).
@@ -289,32 +325,47 @@ class SparcCore(RecurrentCore):
         new_state = th.cat([plastic_new, slot_new.reshape(x.shape[0], -1), context, weight], dim=1)
         return out, new_state
 
-    def unroll(self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """As :meth:`RecurrentCore.unroll`; the frozen memory path runs first, without autograd, with
-        its input projections for all time steps in one matmul."""
+    @th.no_grad()
+    def read_memory(self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor) -> MemoryReadout | None:
         n = int(self.n_filled)
         if n == 0:
+            return None
+        keep = (1.0 - episode_starts).unsqueeze(-1)
+        _, slots, context, weight = self._split(state)
+        memories, familiarities, slot_states = [], [], slots[:, :n]
+        slot_inputs = self._slot_inputs(x, n)  # the input projections of all steps in one matmul
+        for t in range(x.shape[0]):
+            slot_states = slot_states * keep[t].unsqueeze(-1)
+            context, weight = self._update_context(context * keep[t], weight * keep[t], x[t])
+            slot_out, slot_states = self._slot_recurrence(slot_inputs[t], slot_states, n)
+            memory, _, familiarity = self._read_memory(slot_out, context, weight, n)
+            memories.append(memory)
+            familiarities.append(familiarity)
+        return MemoryReadout(th.stack(memories), th.stack(familiarities), slot_states, context, weight)
+
+    def unroll(
+        self,
+        x: th.Tensor,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        readout: MemoryReadout | None = None,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """As :meth:`RecurrentCore.unroll`; the frozen memory is read first (or taken from ``readout``),
+        without autograd, then the plastic path and the gate run step by step."""
+        readout = readout if readout is not None else self.read_memory(x, state, episode_starts)
+        if readout is None:
             return super().unroll(x, state, episode_starts)
         keep = (1.0 - episode_starts).unsqueeze(-1)
-        plastic, slots, context, weight = self._split(state)
-        memories, familiarities, slot_states = [], [], slots[:, :n]
-        with th.no_grad():
-            slot_inputs = self._slot_inputs(x, n)
-            for t in range(x.shape[0]):
-                slot_states = slot_states * keep[t].unsqueeze(-1)
-                context, weight = self._update_context(context * keep[t], weight * keep[t], x[t])
-                slot_out, slot_states = self._slot_recurrence(slot_inputs[t], slot_states, n)
-                memory, _, familiarity = self._read_memory(slot_out, context, weight, n)
-                memories.append(memory)
-                familiarities.append(familiarity)
+        plastic, slots, _, _ = self._split(state)
         outputs = []
         for t in range(x.shape[0]):
             plastic_out, plastic = self.plastic_step(x[t], plastic * keep[t])
-            out, _ = self._mix(x[t], plastic_out, memories[t], familiarities[t])
+            out, _ = self._mix(x[t], plastic_out, readout.memory[t], readout.familiarity[t])
             outputs.append(out)
-        if n < self.n_slots:
-            slot_states = th.cat([slot_states, slots[:, n:]], dim=1)
-        final = th.cat([plastic, slot_states.reshape(x.shape[1], -1), context, weight], dim=1)
+        final_slots = th.cat([readout.final_slots, slots[:, readout.final_slots.shape[1] :]], dim=1)
+        final = th.cat(
+            [plastic, final_slots.reshape(x.shape[1], -1), readout.final_context, readout.final_weight], dim=1
+        )
         return th.stack(outputs), final
 
     # -- memory management ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sparc_rl.cores import RecurrentCore, make_core
+from sparc_rl.cores import MemoryReadout, RecurrentCore, make_core
 from sparc_rl.errors import ConfigError
 
 
@@ -235,7 +235,12 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
 
     # -- training ------------------------------------------------------------------------------
     def evaluate_sequences(
-        self, obs: PyTorchObs, actions: th.Tensor, state: th.Tensor, episode_starts: th.Tensor
+        self,
+        obs: PyTorchObs,
+        actions: th.Tensor,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        readouts: tuple[MemoryReadout | None, MemoryReadout | None] = (None, None),
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor | None]:
         """Values, log-probs and entropy of ``actions`` along a batch of sequences.
 
@@ -243,11 +248,13 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         :param actions: actions in the same order
         :param state: state before the first step of each sequence, ``(batch, state_size)``
         :param episode_starts: ``(time, batch)``
+        :param readouts: the actor's and critic's memory read-outs of these sequences, if already
+            computed (see :meth:`read_memories`)
         """
         features = self._sequence_features(obs, episode_starts)
         actor_state, critic_state = self._split_state(state)
-        latent_pi = self._actor_latents(features, actor_state, episode_starts)
-        latent_vf, _ = self.critic_core.unroll(features, critic_state, episode_starts)
+        latent_pi = self._actor_latents(features, actor_state, episode_starts, readouts[0])
+        latent_vf, _ = self.critic_core.unroll(features, critic_state, episode_starts, readouts[1])
         latent_vf = self.mlp_extractor.forward_critic(latent_vf.reshape(-1, latent_vf.shape[-1]))
         distribution = self._get_action_dist_from_latent(latent_pi)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
@@ -256,9 +263,27 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         features = _as_tensor(self.extract_features(obs, self.features_extractor))
         return features.reshape(*episode_starts.shape, -1)
 
-    def _actor_latents(self, features: th.Tensor, actor_state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
-        latent_pi, _ = self.actor_core.unroll(features, actor_state, episode_starts)
+    def _actor_latents(
+        self,
+        features: th.Tensor,
+        actor_state: th.Tensor,
+        episode_starts: th.Tensor,
+        readout: MemoryReadout | None = None,
+    ) -> th.Tensor:
+        latent_pi, _ = self.actor_core.unroll(features, actor_state, episode_starts, readout)
         return self.mlp_extractor.forward_actor(latent_pi.reshape(-1, latent_pi.shape[-1]))
+
+    @th.no_grad()
+    def read_memories(
+        self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor
+    ) -> tuple[MemoryReadout | None, MemoryReadout | None]:
+        """The actor's and critic's frozen-memory read-outs along sequences (``None`` without memory)."""
+        features = self._sequence_features(obs, episode_starts)
+        actor_state, critic_state = self._split_state(state)
+        return (
+            self.actor_core.read_memory(features, actor_state, episode_starts),
+            self.critic_core.read_memory(features, critic_state, episode_starts),
+        )
 
     def action_logits_sequences(self, obs: PyTorchObs, state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
         """Actor output before the distribution (logits or mean), time-major, for distillation."""

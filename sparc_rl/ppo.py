@@ -231,12 +231,21 @@ class SparcPPO(PPO):
         approx_kl_divs: list[float] = []
         continue_training = True
         loss = th.zeros(())
+        # What the frozen memory returns depends on no trainable parameter: read it once for all epochs.
+        everything = self.rollout_buffer.all_sequences(self.seq_len)
+        actor_readout, critic_readout = self.policy.read_memories(
+            everything.observations, everything.states, everything.episode_starts
+        )
         for _ in range(self.n_epochs):
             approx_kl_divs = []
             for batch in self.rollout_buffer.get_sequences(self.batch_size, self.seq_len):
                 actions = batch.actions.long().flatten() if self.discrete_actions else batch.actions
+                readouts = (
+                    actor_readout.select(batch.chunks) if actor_readout is not None else None,
+                    critic_readout.select(batch.chunks) if critic_readout is not None else None,
+                )
                 values, log_prob, entropy = self.policy.evaluate_sequences(
-                    batch.observations, actions, batch.states, batch.episode_starts
+                    batch.observations, actions, batch.states, batch.episode_starts, readouts
                 )
                 values = values.flatten()
                 advantages = batch.advantages

@@ -45,13 +45,25 @@ def test_recomputed_log_probs_match_rollout_before_any_update():
     callback.init_callback(model)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
     assert model.rollout_buffer.episode_starts[1:].sum() > 0  # resets inside chunks are exercised
+    everything = model.rollout_buffer.all_sequences(16)
+    actor_readout, critic_readout = model.policy.read_memories(
+        everything.observations, everything.states, everything.episode_starts
+    )
+    assert actor_readout is not None and critic_readout is not None
     with th.no_grad():
         for batch in model.rollout_buffer.get_sequences(64, 16):
+            actions = batch.actions.long().flatten()
             values, log_prob, _ = model.policy.evaluate_sequences(
-                batch.observations, batch.actions.long().flatten(), batch.states, batch.episode_starts
+                batch.observations, actions, batch.states, batch.episode_starts
             )
             assert th.allclose(log_prob, batch.old_log_prob, atol=1e-5)
             assert th.allclose(values.flatten(), batch.old_values, atol=1e-5)
+            # the memory read once for the whole rollout gives the same result (what train() uses)
+            readouts = (actor_readout.select(batch.chunks), critic_readout.select(batch.chunks))
+            _, cached_log_prob, _ = model.policy.evaluate_sequences(
+                batch.observations, actions, batch.states, batch.episode_starts, readouts
+            )
+            assert th.allclose(cached_log_prob, log_prob, atol=1e-6)
 
 
 def test_predict_with_and_without_state():
