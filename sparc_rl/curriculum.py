@@ -14,6 +14,7 @@ from gymnasium.wrappers import FlattenObservation
 from sparc_rl.config import builtin_names, check_keys, read_yaml_mapping, resolve_file
 from sparc_rl.envs import WRAPPERS
 from sparc_rl.errors import ConfigError
+from sparc_rl.inference import describe_space
 
 BOUNDARY_MODES = ("announced", "hidden")
 CURRICULUM_KEYS = {"name", "description", "boundary", "eval_episodes", "eval_every", "tasks"}
@@ -215,11 +216,13 @@ def check_task_spaces(curriculum: Curriculum) -> None:
         name, first_obs, first_act = first
         if obs_space != first_obs:
             raise ConfigError(
-                f"Curriculum {curriculum.name!r}: task {task.name!r} has observation space {obs_space} but task "
-                f"{name!r} has {first_obs}; add wrappers (e.g. minigrid-image) so every task shares one space."
+                f"Curriculum {curriculum.name!r}: task {task.name!r} has observation space "
+                f"{describe_space(obs_space)} but task {name!r} has {describe_space(first_obs)}; "
+                "add wrappers (e.g. minigrid-image) so every task shares one space."
             )
         if act_space != first_act:
             raise ConfigError(
-                f"Curriculum {curriculum.name!r}: task {task.name!r} has action space {act_space} but task "
-                f"{name!r} has {first_act}; add wrappers (e.g. minigrid-image) so every task shares one space."
+                f"Curriculum {curriculum.name!r}: task {task.name!r} has action space "
+                f"{describe_space(act_space)} but task {name!r} has {describe_space(first_act)}; "
+                "add wrappers (e.g. minigrid-image) so every task shares one space."
             )

@@ -15,6 +15,15 @@ from sparc_rl.io import check_checkpoint_file
 from sparc_rl.ppo import SparcPPO
 
 
+def describe_space(space: spaces.Space) -> str:
+    """A one-line description (a Box's full bounds can run over many lines)."""
+    if isinstance(space, spaces.Box):
+        return f"Box(shape={space.shape}, dtype={space.dtype})"
+    if isinstance(space, spaces.Dict):
+        return "Dict(" + ", ".join(f"{key}: {describe_space(sub)}" for key, sub in space.spaces.items()) + ")"
+    return str(space)
+
+
 def _space_hint(env_space: spaces.Space, model_space: spaces.Space) -> str:
     if isinstance(env_space, spaces.Dict) and "image" in env_space.spaces:
         return (
@@ -38,11 +47,14 @@ def check_spaces(model_obs: spaces.Space, model_act: spaces.Space, env: gym.Env 
     """Raise :class:`SpaceMismatchError` naming both spaces if the env does not fit the policy."""
     if env.observation_space != model_obs:
         raise SpaceMismatchError(
-            f"The policy expects observations {model_obs} but the env gives {env.observation_space}."
-            + _space_hint(env.observation_space, model_obs)
+            f"The policy expects observations {describe_space(model_obs)} but the env gives "
+            f"{describe_space(env.observation_space)}." + _space_hint(env.observation_space, model_obs)
         )
     if env.action_space != model_act:
-        raise SpaceMismatchError(f"The policy acts in {model_act} but the env expects actions in {env.action_space}.")
+        raise SpaceMismatchError(
+            f"The policy acts in {describe_space(model_act)} but the env expects actions in "
+            f"{describe_space(env.action_space)}."
+        )
 
 
 class SparcAgent:

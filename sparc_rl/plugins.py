@@ -171,8 +171,9 @@ class NoveltyBoundaryDetector(ContinualPlugin):
             and self.rollouts_in_segment >= self.min_rollouts
             and rollout_novelty(mean, segment[0], segment[1]) > self.threshold
         ):
-            model.policy.consolidate(previous[0], previous[1])
             self.detected += 1
+            if model.skill_learned():
+                model.policy.consolidate(previous[0], previous[1])
             self.segment, self.rollouts_in_segment = None, 0
         if self.segment is None:
             self.segment = (mean, var)

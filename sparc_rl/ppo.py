@@ -39,6 +39,8 @@ class SparcPPO(PPO):
     :param env: environment or its registered id
     :param seq_len: steps per training chunk (divides ``n_steps``; ``batch_size`` is a multiple of it)
     :param plugins: continual-learning plugins
+    :param consolidation_threshold: :meth:`end_task` consolidates only if the recent training success
+        rate reaches this (``None``: always)
     :param kwargs: as :class:`stable_baselines3.PPO` (``n_steps``, ``batch_size``, ``n_epochs``, ...)
     """
 
@@ -67,6 +69,7 @@ class SparcPPO(PPO):
         max_grad_norm: float = 0.5,
         seq_len: int = 16,
         plugins: Sequence[ContinualPlugin] = (),
+        consolidation_threshold: float | None = 0.5,
         target_kl: float | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -82,6 +85,7 @@ class SparcPPO(PPO):
             raise ConfigError(f"batch_size ({batch_size}) must be a multiple of seq_len ({seq_len}).")
         self.seq_len = seq_len
         self.plugins = list(plugins)
+        self.consolidation_threshold = consolidation_threshold
         self.current_task: str | None = None
         super().__init__(
             policy,
@@ -325,12 +329,26 @@ class SparcPPO(PPO):
         for plugin in self.plugins:
             plugin.on_task_start(self, task)
 
-    def end_task(self, consolidate: bool = True) -> None:
-        """Close the current task: consolidate its skill into memory, then run the plugins' hooks."""
-        if consolidate:
+    def skill_learned(self) -> bool:
+        """Whether the current task looks learned: the success rate of the recent training episodes
+        (``info["is_success"]``) reaches ``consolidation_threshold``. Without success information, or
+        with no threshold, every skill counts as learned."""
+        if self.consolidation_threshold is None or not self.ep_success_buffer:
+            return True
+        return float(np.mean(self.ep_success_buffer)) >= self.consolidation_threshold
+
+    def end_task(self, consolidate: bool = True) -> bool:
+        """Close the current task: consolidate its skill into memory if it was learned (a skill that
+        was not learned would only pollute memory), then run the plugins' hooks.
+
+        :return: whether the skill was consolidated
+        """
+        consolidated = consolidate and self.skill_learned()
+        if consolidated:
             self.consolidate()
         for plugin in self.plugins:
             plugin.on_task_end(self, self.current_task or "")
+        return consolidated
 
     def consolidate(self) -> None:
         """Write the skill of the last rollout's task into a protected memory slot, then restore

@@ -362,7 +362,8 @@ class ContinualRunner:
                 self.state.steps_in_stage += model.num_timesteps - stage_start
             last = point == points[-1]
             if last and announced and isinstance(model, SparcPPO):
-                model.end_task(consolidate=self.agent.consolidate)
+                consolidated = model.end_task(consolidate=self.agent.consolidate)
+                logger.record(f"sparc/consolidated/{task.name}", float(consolidated))
             scores, diagnostics = self._evaluate_all(model)
             success = [scores[name].success_rate for name in self.curriculum.task_names]
             self.state.history.append((stage, point, success))

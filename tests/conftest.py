@@ -44,6 +44,12 @@ def tiny_agent() -> AgentSpec:
     return AgentSpec(
         name="tiny-sparc",
         policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
-        algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seq_len": 16},
+        algorithm_kwargs={
+            "n_steps": 32,
+            "batch_size": 64,
+            "n_epochs": 2,
+            "seq_len": 16,
+            "consolidation_threshold": None,
+        },
         n_envs=2,
     )

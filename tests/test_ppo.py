@@ -225,3 +225,16 @@ def test_novelty_detector_consolidates_once_when_hidden_task_changes():
     assert detector.detected == 1 and int(model.policy.actor_core.n_filled) == 1
     # the slot's key describes the old task (centred on 0), not the new one
     assert float(model.policy.actor_core.key_mean[0, :3].abs().max()) < 1.0
+
+
+def test_end_task_consolidates_only_a_learned_skill():
+    model = small_model("sparc", n_slots=2)
+    model.learn(64)
+    model.ep_success_buffer.clear()
+    model.ep_success_buffer.extend([False] * 9 + [True])
+    assert not model.end_task() and int(model.policy.actor_core.n_filled) == 0
+    model.ep_success_buffer.extend([True] * 10)
+    assert model.end_task() and int(model.policy.actor_core.n_filled) == 1
+    model.consolidation_threshold = None
+    model.ep_success_buffer.extend([False] * 20)
+    assert model.end_task() and int(model.policy.actor_core.n_filled) == 2

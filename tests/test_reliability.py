@@ -21,7 +21,13 @@ from tests.conftest import tiny_curriculum_dict
 TINY_AGENT = {
     "name": "tiny-sparc",
     "policy_kwargs": {"core": "sparc", "hidden_size": 16, "n_slots": 4},
-    "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seq_len": 16},
+    "algorithm_kwargs": {
+        "n_steps": 32,
+        "batch_size": 64,
+        "n_epochs": 2,
+        "seq_len": 16,
+        "consolidation_threshold": None,
+    },
     "n_envs": 2,
 }
 
@@ -146,7 +152,9 @@ def test_eval_of_a_model_with_other_spaces(tmp_path, capsys):
         )
         == 2
     )
-    assert "The model expects observations Box" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "The policy expects observations Box(shape=(5,), dtype=float32) but the env gives Box(shape=(155,)" in err
+    assert err.count("\n") == 1
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

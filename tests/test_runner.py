@@ -16,7 +16,13 @@ def finished_run(tmp_path_factory):
     agent = AgentSpec(
         name="tiny-sparc",
         policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
-        algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seq_len": 16},
+        algorithm_kwargs={
+            "n_steps": 32,
+            "batch_size": 64,
+            "n_epochs": 2,
+            "seq_len": 16,
+            "consolidation_threshold": None,
+        },
         n_envs=2,
     )
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
@@ -89,7 +95,13 @@ def test_hidden_boundaries_are_not_announced_and_sparc_detects_them_itself(tmp_p
     agent = AgentSpec(
         name="tiny-sparc",
         policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
-        algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
+        algorithm_kwargs={
+            "n_steps": 32,
+            "batch_size": 64,
+            "n_epochs": 1,
+            "seq_len": 16,
+            "consolidation_threshold": None,
+        },
         n_envs=2,
     )
     runner = ContinualRunner(parse_curriculum(data, "hidden"), agent, seed=0, run_dir=tmp_path / "run", progress=False)
@@ -108,7 +120,13 @@ def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path):
     agent = AgentSpec(
         name="tiny-gru",
         policy_kwargs={"core": "gru", "hidden_size": 8},
-        algorithm_kwargs={"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
+        algorithm_kwargs={
+            "n_steps": 32,
+            "batch_size": 64,
+            "n_epochs": 1,
+            "seq_len": 16,
+            "consolidation_threshold": None,
+        },
         n_envs=2,
     )
     curriculum = parse_curriculum(tiny_curriculum_dict(), "tiny")
@@ -133,7 +151,13 @@ def test_continual_plugins_run_through_a_curriculum(tmp_path, plugin):
         {
             "name": f"tiny-{plugin}",
             "policy_kwargs": {"core": "lstm", "hidden_size": 8},
-            "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
+            "algorithm_kwargs": {
+                "n_steps": 32,
+                "batch_size": 64,
+                "n_epochs": 1,
+                "seq_len": 16,
+                "consolidation_threshold": None,
+            },
             "n_envs": 2,
             "consolidate": False,
             "plugins": [{"name": plugin}],
