@@ -253,8 +253,15 @@ class SparcCore(RecurrentCore):
 
     def plastic_step(self, x: th.Tensor, plastic: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """The plastic path alone: returns its output and its new hidden state."""
-        new = self.cell(self.input_norm(x), plastic)
+        return self._plastic(self.input_norm(x), plastic)
+
+    def _plastic(self, normed: th.Tensor, plastic: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        new = self.cell(normed, plastic)
         return self.output_norm(new), new
+
+    def _gate_input(self, normed: th.Tensor) -> th.Tensor:
+        """The input's share of the gate's learned part (computable for all steps at once)."""
+        return F.linear(normed, self.gate.weight[:, : self.input_size], self.gate.bias)
 
     def _slot_inputs(self, x: th.Tensor, n: int) -> th.Tensor:
         """Input gates of the first ``n`` slots, ``(..., n, 3H)``, from one matmul."""
@@ -291,10 +298,10 @@ class SparcCore(RecurrentCore):
         return memory, attention, familiarity
 
     def _mix(
-        self, x: th.Tensor, plastic_out: th.Tensor, memory: th.Tensor, familiarity: th.Tensor
+        self, gate_input: th.Tensor, plastic_out: th.Tensor, memory: th.Tensor, familiarity: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor]:
         if self.use_gate:
-            learned = th.sigmoid(self.gate(th.cat([self.input_norm(x), plastic_out], dim=1)))
+            learned = th.sigmoid(gate_input + F.linear(plastic_out, self.gate.weight[:, self.input_size :]))
             gate = familiarity * learned
         else:
             gate = th.full_like(plastic_out, 0.5)
@@ -303,7 +310,8 @@ class SparcCore(RecurrentCore):
     # -- the cell ------------------------------------------------------------------------------
     def step(self, x: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         plastic, slots, context, weight = self._split(state)
-        plastic_out, plastic_new = self.plastic_step(x, plastic)
+        normed = self.input_norm(x)
+        plastic_out, plastic_new = self._plastic(normed, plastic)
         context, weight = self._update_context(context, weight, x)
         n = int(self.n_filled)
         if n == 0:
@@ -313,7 +321,7 @@ class SparcCore(RecurrentCore):
         with th.no_grad():  # memory is frozen: no graph for it
             slot_out, slot_new = self.slot_step(x, slots[:, :n], n)
             memory, attention, familiarity = self._read_memory(slot_out, context, weight, n)
-        out, gate = self._mix(x, plastic_out, memory, familiarity)
+        out, gate = self._mix(self._gate_input(normed), plastic_out, memory, familiarity)
 
         if not th.is_grad_enabled():  # acting, not training: keep usage statistics for logs
             self.slot_usage[:n] += attention.sum(0)
@@ -353,19 +361,27 @@ class SparcCore(RecurrentCore):
         """As :meth:`RecurrentCore.unroll`; the frozen memory is read first (or taken from ``readout``),
         without autograd, then the plastic path and the gate run step by step."""
         readout = readout if readout is not None else self.read_memory(x, state, episode_starts)
-        if readout is None:
-            return super().unroll(x, state, episode_starts)
         keep = (1.0 - episode_starts).unsqueeze(-1)
-        plastic, slots, _, _ = self._split(state)
+        plastic, slots, context, weight = self._split(state)
+        normed = self.input_norm(x)  # what does not depend on the recurrence: all steps at once
+        gate_input = self._gate_input(normed) if readout is not None else None
         outputs = []
         for t in range(x.shape[0]):
-            plastic_out, plastic = self.plastic_step(x[t], plastic * keep[t])
-            out, _ = self._mix(x[t], plastic_out, readout.memory[t], readout.familiarity[t])
-            outputs.append(out)
-        final_slots = th.cat([readout.final_slots, slots[:, readout.final_slots.shape[1] :]], dim=1)
-        final = th.cat(
-            [plastic, final_slots.reshape(x.shape[1], -1), readout.final_context, readout.final_weight], dim=1
-        )
+            plastic_out, plastic = self._plastic(normed[t], plastic * keep[t])
+            if readout is not None and gate_input is not None:
+                plastic_out, _ = self._mix(gate_input[t], plastic_out, readout.memory[t], readout.familiarity[t])
+            outputs.append(plastic_out)
+        # slots that are not filled just carry their state, zeroed by any episode start on the way
+        carried = slots * keep.prod(dim=0).unsqueeze(-1)
+        if readout is None:
+            with th.no_grad():
+                for t in range(x.shape[0]):
+                    context, weight = self._update_context(context * keep[t], weight * keep[t], x[t])
+            final_slots = carried
+        else:
+            context, weight = readout.final_context, readout.final_weight
+            final_slots = th.cat([readout.final_slots, carried[:, readout.final_slots.shape[1] :]], dim=1)
+        final = th.cat([plastic, final_slots.reshape(x.shape[1], -1), context, weight], dim=1)
         return th.stack(outputs), final
 
     # -- memory management ---------------------------------------------------------------------

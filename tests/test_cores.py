@@ -26,6 +26,22 @@ def test_step_and_unroll_shapes(name):
     assert outs.shape == (7, 5, HIDDEN) and final.shape == state.shape
 
 
+@pytest.mark.parametrize("filled", [0, 1])
+@pytest.mark.parametrize("name", sorted(CORES))
+def test_unroll_equals_stepping_one_step_at_a_time(name, filled):
+    core = _filled_sparc(filled=filled) if name == "sparc" else make_core(name, INPUT, HIDDEN)
+    x, starts = th.randn(7, 3, INPUT), th.zeros(7, 3)
+    starts[3, 1] = 1.0
+    state = th.randn(3, core.state_size)
+    outs, final = core.unroll(x, state, starts)
+    stepped = []
+    for t in range(7):
+        out, state = core.step(x[t], state * (1 - starts[t]).unsqueeze(-1))
+        stepped.append(out)
+    assert th.allclose(outs, th.stack(stepped), atol=1e-6)
+    assert th.allclose(final, state, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(CORES))
 def test_unroll_resets_state_where_episode_starts(name):
     core = _filled_sparc() if name == "sparc" else make_core(name, INPUT, HIDDEN)
