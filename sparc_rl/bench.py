@@ -31,6 +31,19 @@ class BenchJob:
 
 
 def _run_job(job: BenchJob) -> dict[str, Any]:
+    """One agent x seed; a failure is reported in the results instead of losing the other runs."""
+    try:
+        return _run_one(job)
+    except Exception as error:  # noqa: BLE001 - any failure of one run must not sink the benchmark
+        return {
+            "agent": job.agent,
+            "seed": job.seed,
+            "run_dir": job.run_dir,
+            "error": f"{type(error).__name__}: {error}",
+        }
+
+
+def _run_one(job: BenchJob) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(job.threads)
@@ -100,9 +113,12 @@ def run_bench(
     else:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             results = pool.map(_run_job, work, chunksize=1)
+    failed = [r for r in results if "error" in r]
+    results = [r for r in results if "error" not in r]
     rows = summarise_results(results, [Path(a).stem for a in agents])
-    write_tables(out_dir, rows, loaded.name, curriculum, agents, seeds, steps_per_task)
-    plot_results(out_dir, results, loaded.task_names)
+    write_tables(out_dir, rows, loaded.name, curriculum, agents, seeds, steps_per_task, failed)
+    if results:
+        plot_results(out_dir, results, loaded.task_names)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     return out_dir
 
@@ -111,6 +127,8 @@ def summarise_results(results: list[dict[str, Any]], agents: list[str]) -> list[
     rows = []
     for agent in agents:
         runs = [r for r in results if Path(r["agent"]).stem == agent]
+        if not runs:
+            continue
         row: dict[str, Any] = {"agent": agent, "seeds": len(runs)}
         for key in ("average_performance", "forgetting", "forward_transfer"):
             row[key] = bootstrap_ci([r["metrics"].get(key) for r in runs])
@@ -136,6 +154,7 @@ def write_tables(
     agents: list[str],
     seeds: int,
     steps_per_task: int | None,
+    failed: list[dict[str, Any]],
 ) -> None:
     info = versions()
     command = f"sparc-rl bench --curriculum {curriculum} --agents {','.join(agents)} --seeds {seeds}"
@@ -166,6 +185,7 @@ def write_tables(
             csv.append(f"{row['agent']},{row['seeds']},{key},{mean:.4f},{low:.4f},{high:.4f}")
         csv.append(f"{row['agent']},{row['seeds']},wall_time_s,{row['wall_time_s']:.1f},,")
         csv.append(f"{row['agent']},{row['seeds']},env_steps_per_s,{row['steps_per_s']:.1f},,")
+    lines += [f"\n**Run failed**: {r['agent']} seed {r['seed']}: {r['error']}" for r in failed]
     lines += ["", "![retention curves](retention_curves.png)", "", "![score matrices](score_matrices.png)"]
     atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "results.csv", "\n".join(csv) + "\n")

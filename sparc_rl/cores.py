@@ -236,7 +236,7 @@ class SparcCore(RecurrentCore):
     def _split(self, state: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]:
         h, k = self.hidden_size, self.n_slots
         plastic = state[:, :h]
-        slots = state[:, h : h * (1 + k)].reshape(-1, k, h)
+        slots = state[:, h : h * (1 + k)].reshape(state.shape[0], k, h)
         context = state[:, h * (1 + k) : h * (1 + k) + self.input_size]
         weight = state[:, -1:]
         return plastic, slots, context, weight

@@ -27,9 +27,14 @@ def test_step_and_unroll_shapes(name):
 
 
 @pytest.mark.parametrize("filled", [0, 1])
-@pytest.mark.parametrize("name", sorted(CORES))
+@pytest.mark.parametrize("name", [*sorted(CORES), "sparc-no-memory"])
 def test_unroll_equals_stepping_one_step_at_a_time(name, filled):
-    core = _filled_sparc(filled=filled) if name == "sparc" else make_core(name, INPUT, HIDDEN)
+    if name == "sparc-no-memory":
+        core = _filled_sparc(n_slots=0, filled=filled)  # consolidation only shrinks and perturbs
+    elif name == "sparc":
+        core = _filled_sparc(filled=filled)
+    else:
+        core = make_core(name, INPUT, HIDDEN)
     x, starts = th.randn(7, 3, INPUT), th.zeros(7, 3)
     starts[3, 1] = 1.0
     state = th.randn(3, core.state_size)
