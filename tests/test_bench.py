@@ -59,3 +59,33 @@ def test_bench_with_an_unknown_agent_fails_before_training(tmp_path, capsys):
     assert main(["bench", "--agents", "sparc,lstmm", "--out", str(tmp_path / "b")]) == 2
     assert "Unknown agent 'lstmm'" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
+    good = {"name": "good", **TINY, "policy_kwargs": {**TINY["policy_kwargs"], "core": "gru"}}
+    bad = {"name": "bad", **TINY, "policy_kwargs": {**TINY["policy_kwargs"], "core": "gru", "hiden": 3}}
+    for agent in (good, bad):
+        (tmp_path / f"{agent['name']}.yaml").write_text(yaml.safe_dump(agent))
+    out = tmp_path / "bench"
+    assert (
+        main(
+            [
+                "bench",
+                "--curriculum",
+                str(tmp_path / "c.yaml"),
+                "--agents",
+                f"{tmp_path / 'good.yaml'},{tmp_path / 'bad.yaml'}",
+                "--seeds",
+                "1",
+                "--jobs",
+                "1",
+                "--out",
+                str(out),
+                "--no-reference",
+            ]
+        )
+        == 0
+    )
+    table = (out / "results.md").read_text()
+    assert "| good | 1 |" in table and "**Run failed**: " in table and "Invalid policy_kwargs" in table
