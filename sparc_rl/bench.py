@@ -99,7 +99,7 @@ def run_bench(
             curriculum,
             agent,
             seed,
-            str(out_dir / f"{Path(agent).stem}-seed{seed}"),
+            str(out_dir / "runs" / f"{Path(agent).stem}-seed{seed}"),
             steps_per_task,
             eval_episodes,
             reference,

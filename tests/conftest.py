@@ -5,9 +5,8 @@ import os
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-import pytest  # noqa: E402
 
-from sparc_rl.agents import AgentSpec  # noqa: E402
+from sparc_rl.agents import AgentSpec, parse_agent  # noqa: E402
 from sparc_rl.curriculum import Curriculum, parse_curriculum  # noqa: E402
 
 TINY_TASKS = [
@@ -34,22 +33,29 @@ def tiny_curriculum_dict() -> dict:
     )
 
 
-@pytest.fixture
-def tiny_curriculum() -> Curriculum:
-    return parse_curriculum(tiny_curriculum_dict(), "tiny")
-
-
-@pytest.fixture
-def tiny_agent() -> AgentSpec:
-    return AgentSpec(
-        name="tiny-sparc",
-        policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
-        algorithm_kwargs={
+def tiny_agent_data(core: str = "sparc", **overrides: object) -> dict:
+    """A tiny agent file's content: 2 envs, short rollouts, always consolidating (learning is not tested here)."""
+    data = {
+        "name": f"tiny-{core}",
+        "policy_kwargs": {"core": core, "hidden_size": 16, "n_slots": 2}
+        if core == "sparc"
+        else {"core": core, "hidden_size": 8},
+        "algorithm_kwargs": {
             "n_steps": 32,
             "batch_size": 64,
             "n_epochs": 2,
             "seq_len": 16,
             "consolidation_threshold": None,
         },
-        n_envs=2,
-    )
+        "n_envs": 2,
+    }
+    data.update(overrides)
+    return data
+
+
+def tiny_agent(core: str = "sparc", **overrides: object) -> AgentSpec:
+    return parse_agent(tiny_agent_data(core, **overrides), "tiny")
+
+
+def tiny_curriculum() -> Curriculum:
+    return parse_curriculum(tiny_curriculum_dict(), "tiny")

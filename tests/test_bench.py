@@ -3,20 +3,13 @@ import csv
 import yaml
 
 from sparc_rl.cli import main
-from tests.conftest import tiny_curriculum_dict
-
-TINY = {
-    "policy_kwargs": {"hidden_size": 16, "n_slots": 2},
-    "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "seq_len": 16},
-    "n_envs": 2,
-}
+from tests.conftest import tiny_agent_data, tiny_curriculum_dict
 
 
 def test_bench_compares_agents_over_seeds(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
-    for name, core in (("tiny-sparc", "sparc"), ("tiny-lstm", "lstm")):
-        agent = {"name": name, **TINY, "policy_kwargs": {**TINY["policy_kwargs"], "core": core}}
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(agent))
+    for core in ("sparc", "lstm"):
+        (tmp_path / f"tiny-{core}.yaml").write_text(yaml.safe_dump(tiny_agent_data(core)))
     agents = f"{tmp_path / 'tiny-sparc.yaml'},{tmp_path / 'tiny-lstm.yaml'}"
     out = tmp_path / "bench"
     assert (
@@ -47,7 +40,7 @@ def test_bench_compares_agents_over_seeds(tmp_path, capsys):
         if row["metric"] == "average_performance":
             assert float(row["low"]) <= float(row["mean"]) <= float(row["high"])
     assert (out / "retention_curves.png").stat().st_size > 0 and (out / "score_matrices.png").stat().st_size > 0
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
         "tiny-lstm-seed0",
         "tiny-lstm-seed1",
         "tiny-sparc-seed0",
@@ -63,8 +56,8 @@ def test_bench_with_an_unknown_agent_fails_before_training(tmp_path, capsys):
 
 def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
-    good = {"name": "good", **TINY, "policy_kwargs": {**TINY["policy_kwargs"], "core": "gru"}}
-    bad = {"name": "bad", **TINY, "policy_kwargs": {**TINY["policy_kwargs"], "core": "gru", "hiden": 3}}
+    good = tiny_agent_data("gru", name="good")
+    bad = tiny_agent_data("gru", name="bad", policy_kwargs={"core": "gru", "hiden": 3})
     for agent in (good, bad):
         (tmp_path / f"{agent['name']}.yaml").write_text(yaml.safe_dump(agent))
     out = tmp_path / "bench"

@@ -12,24 +12,13 @@ import torch as th
 import yaml
 
 from sparc_rl import SparcPPO
-from sparc_rl.agents import AgentSpec
+from sparc_rl.agents import parse_agent
 from sparc_rl.cli import main
 from sparc_rl.curriculum import parse_curriculum
 from sparc_rl.runner import ContinualRunner
-from tests.conftest import tiny_curriculum_dict
+from tests.conftest import tiny_agent_data, tiny_curriculum_dict
 
-TINY_AGENT = {
-    "name": "tiny-sparc",
-    "policy_kwargs": {"core": "sparc", "hidden_size": 16, "n_slots": 4},
-    "algorithm_kwargs": {
-        "n_steps": 32,
-        "batch_size": 64,
-        "n_epochs": 2,
-        "seq_len": 16,
-        "consolidation_threshold": None,
-    },
-    "n_envs": 2,
-}
+TINY_AGENT = tiny_agent_data(policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 4})
 
 
 def _files_snapshot(folder: Path) -> dict[str, bytes]:
@@ -97,7 +86,7 @@ def test_sigkill_mid_task_then_resume_keeps_every_evaluation_once_and_the_memory
 
 
 def _tiny_run(run_dir: Path) -> ContinualRunner:
-    agent = AgentSpec(**{**TINY_AGENT, "plugins": ()})
+    agent = parse_agent(TINY_AGENT)
     runner = ContinualRunner(
         parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=5, run_dir=run_dir, progress=False
     )
@@ -175,7 +164,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     data = tiny_curriculum_dict()
     data["tasks"][0]["env"] = data["tasks"][1]["env"] = "Test/NaNCartPole-v0"
     runner = ContinualRunner(
-        parse_curriculum(data, "nan"), AgentSpec(**TINY_AGENT), seed=0, run_dir=tmp_path / "run", progress=False
+        parse_curriculum(data, "nan"), parse_agent(TINY_AGENT), seed=0, run_dir=tmp_path / "run", progress=False
     )
     with pytest.raises(TrainingDivergedError, match="Non-finite .*Last good checkpoint") as caught:
         runner.run()

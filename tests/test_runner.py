@@ -5,30 +5,13 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sparc_rl.runner import ContinualRunner
+from tests.conftest import tiny_agent, tiny_curriculum, tiny_curriculum_dict
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from sparc_rl.agents import AgentSpec
-    from sparc_rl.curriculum import parse_curriculum
-    from tests.conftest import tiny_curriculum_dict
-
-    agent = AgentSpec(
-        name="tiny-sparc",
-        policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
-        algorithm_kwargs={
-            "n_steps": 32,
-            "batch_size": 64,
-            "n_epochs": 2,
-            "seq_len": 16,
-            "consolidation_threshold": None,
-        },
-        n_envs=2,
-    )
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    runner = ContinualRunner(
-        parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=3, run_dir=run_dir, progress=False
-    )
+    runner = ContinualRunner(tiny_curriculum(), tiny_agent(), seed=3, run_dir=run_dir, progress=False)
     return runner, runner.run()
 
 
@@ -86,25 +69,13 @@ def test_memory_was_written_once_per_announced_task(finished_run):
 
 
 def test_hidden_boundaries_are_not_announced_and_sparc_detects_them_itself(tmp_path):
-    from sparc_rl.agents import AgentSpec
     from sparc_rl.curriculum import parse_curriculum
     from sparc_rl.plugins import NoveltyBoundaryDetector
-    from tests.conftest import tiny_curriculum_dict
 
     data = {**tiny_curriculum_dict(), "boundary": "hidden"}
-    agent = AgentSpec(
-        name="tiny-sparc",
-        policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 2},
-        algorithm_kwargs={
-            "n_steps": 32,
-            "batch_size": 64,
-            "n_epochs": 1,
-            "seq_len": 16,
-            "consolidation_threshold": None,
-        },
-        n_envs=2,
+    runner = ContinualRunner(
+        parse_curriculum(data, "hidden"), tiny_agent(), seed=0, run_dir=tmp_path / "run", progress=False
     )
-    runner = ContinualRunner(parse_curriculum(data, "hidden"), agent, seed=0, run_dir=tmp_path / "run", progress=False)
     runner.run()
     assert runner.model.current_task is None  # never told
     assert [type(p) for p in runner.model.plugins] == [NoveltyBoundaryDetector]
@@ -113,23 +84,8 @@ def test_hidden_boundaries_are_not_announced_and_sparc_detects_them_itself(tmp_p
 
 
 def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path):
-    from sparc_rl.agents import AgentSpec
-    from sparc_rl.curriculum import parse_curriculum
-    from tests.conftest import tiny_curriculum_dict
-
-    agent = AgentSpec(
-        name="tiny-gru",
-        policy_kwargs={"core": "gru", "hidden_size": 8},
-        algorithm_kwargs={
-            "n_steps": 32,
-            "batch_size": 64,
-            "n_epochs": 1,
-            "seq_len": 16,
-            "consolidation_threshold": None,
-        },
-        n_envs=2,
-    )
-    curriculum = parse_curriculum(tiny_curriculum_dict(), "tiny")
+    agent = tiny_agent("gru")
+    curriculum = tiny_curriculum()
     first = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "a", reference=True, progress=False).run()
     cached = sorted((tmp_path / ".reference-cache").glob("*.json"))
     assert len(cached) == 2
@@ -143,29 +99,8 @@ def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path):
 
 @pytest.mark.parametrize("plugin", ["ewc", "behaviour-cloning"])
 def test_continual_plugins_run_through_a_curriculum(tmp_path, plugin):
-    from sparc_rl.agents import parse_agent
-    from sparc_rl.curriculum import parse_curriculum
-    from tests.conftest import tiny_curriculum_dict
-
-    agent = parse_agent(
-        {
-            "name": f"tiny-{plugin}",
-            "policy_kwargs": {"core": "lstm", "hidden_size": 8},
-            "algorithm_kwargs": {
-                "n_steps": 32,
-                "batch_size": 64,
-                "n_epochs": 1,
-                "seq_len": 16,
-                "consolidation_threshold": None,
-            },
-            "n_envs": 2,
-            "consolidate": False,
-            "plugins": [{"name": plugin}],
-        }
-    )
-    runner = ContinualRunner(
-        parse_curriculum(tiny_curriculum_dict(), "tiny"), agent, seed=0, run_dir=tmp_path / "run", progress=False
-    )
+    agent = tiny_agent("lstm", consolidate=False, plugins=[{"name": plugin}])
+    runner = ContinualRunner(tiny_curriculum(), agent, seed=0, run_dir=tmp_path / "run", progress=False)
     runner.run()
     events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0})
     events.Reload()
