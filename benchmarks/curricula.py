@@ -94,9 +94,10 @@ def main() -> None:
     parser.add_argument("--curricula", default=",".join(list_curricula()))
     parser.add_argument("--runs", default="runs/bench-curricula")
     parser.add_argument("--out", default="benchmarks/results/curricula.md")
+    parser.add_argument("--skip-interference", action="store_true", help="only the single-task runs")
     args = parser.parse_args()
     names = args.curricula.split(",")
-    jobs = [("garden-seasons", -1, args.runs, args.seed)]  # the longest first
+    jobs = [] if args.skip_interference else [("garden-seasons", -1, args.runs, args.seed)]  # the longest first
     for name in names:
         seen = set()
         for index, task in enumerate(load_curriculum(name).tasks):
@@ -112,7 +113,9 @@ def main() -> None:
         "",
         f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
         f"{platform.platform()}, torch {torch.__version__}, {args.jobs} runs in parallel, 1 torch thread each. "
-        f"Command: `python benchmarks/curricula.py --jobs {args.jobs} --seed {args.seed}`.",
+        f"Command: `python benchmarks/curricula.py --jobs {args.jobs} --seed {args.seed} --curricula {args.curricula}"
+        + (" --skip-interference" if args.skip_interference else "")
+        + "`.",
         "",
         "## Each task alone (SparcPPO, `sparc` preset, its curriculum budget, seed "
         f"{args.seed}; success = deterministic, {''}curriculum's eval episodes)",

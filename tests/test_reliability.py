@@ -198,6 +198,8 @@ def test_ctrl_c_writes_a_final_checkpoint_and_a_partial_report(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background jobs ignore SIGINT and children inherit that: restore Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "state.json").exists():
