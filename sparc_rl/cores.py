@@ -157,7 +157,7 @@ class SparcCore(RecurrentCore):
     :param context_rate: rate of the running context average
     :param familiarity_threshold: distance under which a context counts as familiar
     :param familiarity_temperature: softness of the familiarity
-    :param router_temperature: softness of the slot attention
+    :param router_temperature: softness of the slot attention (0: only the nearest slot is read)
     :param memory_policy: what to do when all slots are full: ``"evict"`` the least used slot or
         ``"merge"`` the two slots with the closest keys
     :param shrink: plastic weights are multiplied by this after consolidation (shrink-and-perturb)
@@ -291,7 +291,10 @@ class SparcCore(RecurrentCore):
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """Attention-weighted memory read-out, the attention, and the familiarity ``(B, 1)``."""
         distances = self._distances(context, weight, n)
-        attention = th.softmax(-distances / self.router_temperature, dim=1)
+        if self.router_temperature > 0:
+            attention = th.softmax(-distances / self.router_temperature, dim=1)
+        else:  # hard routing: the nearest key's slot alone (mixing two skills' hidden states mixes nonsense)
+            attention = F.one_hot(distances.argmin(dim=1), n).to(distances.dtype)
         memory = (attention.unsqueeze(-1) * slot_out).sum(1)
         nearest = distances.min(dim=1, keepdim=True).values
         familiarity = th.sigmoid((self.familiarity_threshold - nearest) / self.familiarity_temperature)

@@ -149,3 +149,17 @@ def test_bad_core_settings_give_clear_errors():
         make_core("sparc", INPUT, HIDDEN, n_slot=3)
     with pytest.raises(ConfigError, match="n_slots must be >= 0"):
         make_core("sparc", INPUT, HIDDEN, n_slots=-1)
+
+
+def test_hard_routing_reads_only_the_nearest_slot():
+    th.manual_seed(0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=2, router_temperature=0.0, context_rate=1.0)
+    core.consolidate(th.zeros(10, 4, INPUT) + 0.01 * th.randn(10, 4, INPUT), th.zeros(10, 4))
+    core.consolidate(th.full((10, 4, INPUT), 5.0) + 0.01 * th.randn(10, 4, INPUT), th.zeros(10, 4))
+    x = th.full((3, INPUT), 5.0)
+    _, slots, context, weight = core._split(core.initial_state(3))
+    context, weight = core._update_context(context, weight, x)
+    slot_out, _ = core.slot_step(x, slots[:, :2], 2)
+    memory, attention, _ = core._read_memory(slot_out, context, weight, 2)
+    assert th.equal(attention, th.tensor([[0.0, 1.0]] * 3))
+    assert th.equal(memory, slot_out[:, 1])
