@@ -162,6 +162,8 @@ class SparcCore(RecurrentCore):
         ``"merge"`` the two slots with the closest keys
     :param shrink: plastic weights are multiplied by this after consolidation (shrink-and-perturb)
     :param perturb: scale of the noise added to the plastic weights after consolidation
+    :param write_only_novel: consolidation writes a slot only when the task's contexts were mostly
+        unfamiliar (memory did not already serve it)
     """
 
     slot_weight_in: th.Tensor
@@ -189,6 +191,7 @@ class SparcCore(RecurrentCore):
         memory_policy: str = "evict",
         shrink: float = 0.9,
         perturb: float = 0.01,
+        write_only_novel: bool = True,
     ) -> None:
         super().__init__(input_size, hidden_size)
         if n_slots < 0:
@@ -206,6 +209,7 @@ class SparcCore(RecurrentCore):
         self.memory_policy = memory_policy
         self.shrink = shrink
         self.perturb = perturb
+        self.write_only_novel = write_only_novel
         self.state_size = hidden_size * (1 + n_slots) + input_size + 1
 
         self.input_norm = nn.LayerNorm(input_size)
@@ -406,6 +410,16 @@ class SparcCore(RecurrentCore):
             self._stabilize()
             return
         contexts = self.contexts(features, episode_starts).reshape(-1, self.input_size)
+        n = int(self.n_filled)
+        if n and self.write_only_novel:
+            weight = th.ones(contexts.shape[0], 1, device=contexts.device)
+            nearest = self._distances(contexts, weight, n).min(dim=1).values
+            familiarity = th.sigmoid((self.familiarity_threshold - nearest) / self.familiarity_temperature)
+            if float(familiarity.mean()) >= 0.5:
+                # Memory served this task: the plastic path is only a residual on top of it, not a skill
+                # that could stand alone in a slot. Keep memory as it is.
+                self._stabilize()
+                return
         mean = contexts.mean(0)
         # A floor on the variance keeps dimensions that never moved from dominating distances.
         var = contexts.var(0, unbiased=False).clamp_min(1e-2)

@@ -37,7 +37,7 @@ def tiny_agent_data(core: str = "sparc", **overrides: object) -> dict:
     """A tiny agent file's content: 2 envs, short rollouts, always consolidating (learning is not tested here)."""
     data = {
         "name": f"tiny-{core}",
-        "policy_kwargs": {"core": core, "hidden_size": 16, "n_slots": 2}
+        "policy_kwargs": {"core": core, "hidden_size": 16, "n_slots": 2, "core_kwargs": {"write_only_novel": False}}
         if core == "sparc"
         else {"core": core, "hidden_size": 8},
         "algorithm_kwargs": {

@@ -9,6 +9,7 @@ INPUT, HIDDEN = 6, 8
 
 def _filled_sparc(n_slots: int = 3, filled: int = 1, **kwargs) -> SparcCore:
     th.manual_seed(0)
+    kwargs.setdefault("write_only_novel", False)  # fill every slot, whatever the contexts
     core = SparcCore(INPUT, HIDDEN, n_slots=n_slots, **kwargs)
     for _ in range(filled):
         core.consolidate(th.randn(10, 4, INPUT), th.zeros(10, 4))
@@ -117,7 +118,7 @@ def test_evict_replaces_least_used_slot_when_full():
 
 def test_merge_joins_the_two_closest_slots_when_full():
     th.manual_seed(0)
-    core = SparcCore(INPUT, HIDDEN, n_slots=3, memory_policy="merge")
+    core = SparcCore(INPUT, HIDDEN, n_slots=3, memory_policy="merge", write_only_novel=False)
     for centre in (0.0, 0.1, 10.0):
         core.consolidate(centre + 0.01 * th.randn(10, 4, INPUT), th.zeros(10, 4))
     core.consolidate(th.full((10, 4, INPUT), -10.0), th.zeros(10, 4))
@@ -153,7 +154,7 @@ def test_bad_core_settings_give_clear_errors():
 
 def test_hard_routing_reads_only_the_nearest_slot():
     th.manual_seed(0)
-    core = SparcCore(INPUT, HIDDEN, n_slots=2, router_temperature=0.0, context_rate=1.0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=2, router_temperature=0.0, context_rate=1.0, write_only_novel=False)
     core.consolidate(th.zeros(10, 4, INPUT) + 0.01 * th.randn(10, 4, INPUT), th.zeros(10, 4))
     core.consolidate(th.full((10, 4, INPUT), 5.0) + 0.01 * th.randn(10, 4, INPUT), th.zeros(10, 4))
     x = th.full((3, INPUT), 5.0)
@@ -163,3 +164,14 @@ def test_hard_routing_reads_only_the_nearest_slot():
     memory, attention, _ = core._read_memory(slot_out, context, weight, 2)
     assert th.equal(attention, th.tensor([[0.0, 1.0]] * 3))
     assert th.equal(memory, slot_out[:, 1])
+
+
+def test_write_only_novel_skips_tasks_that_memory_already_serves():
+    th.manual_seed(0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=3, write_only_novel=True, context_rate=1.0)
+    familiar = th.zeros(10, 4, INPUT) + 0.1 * th.randn(10, 4, INPUT)
+    core.consolidate(familiar, th.zeros(10, 4))
+    core.consolidate(familiar, th.zeros(10, 4))
+    assert int(core.n_filled) == 1 and int(core.n_consolidations) == 2
+    core.consolidate(th.full((10, 4, INPUT), 5.0), th.zeros(10, 4))
+    assert int(core.n_filled) == 2

@@ -95,7 +95,7 @@ def test_evaluate_policy_works():
 
 
 def test_save_load_round_trip_keeps_memory_and_actions(tmp_path):
-    model = small_model("sparc", n_slots=3)
+    model = small_model("sparc", n_slots=3, core_kwargs={"write_only_novel": False})
     model.learn(64)
     model.consolidate()
     model.learn(64, reset_num_timesteps=False)
@@ -228,7 +228,7 @@ def test_novelty_detector_consolidates_once_when_hidden_task_changes():
 
 
 def test_end_task_consolidates_only_a_learned_skill():
-    model = small_model("sparc", n_slots=2)
+    model = small_model("sparc", n_slots=2, core_kwargs={"write_only_novel": False})
     model.learn(64)
     model.ep_success_buffer.clear()
     model.ep_success_buffer.extend([False] * 9 + [True])

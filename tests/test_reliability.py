@@ -18,7 +18,9 @@ from sparc_rl.curriculum import parse_curriculum
 from sparc_rl.runner import ContinualRunner
 from tests.conftest import tiny_agent_data, tiny_curriculum_dict
 
-TINY_AGENT = tiny_agent_data(policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 4})
+TINY_AGENT = tiny_agent_data(
+    policy_kwargs={"core": "sparc", "hidden_size": 16, "n_slots": 4, "core_kwargs": {"write_only_novel": False}}
+)
 
 
 def _files_snapshot(folder: Path) -> dict[str, bytes]:
