@@ -23,6 +23,25 @@ TINY_AGENT = tiny_agent_data(
 )
 
 
+def _train_command(folder: Path, curriculum: dict, run_dir: Path) -> list[str]:
+    """Write the curriculum and the tiny agent to ``folder``; the CLI command that trains them."""
+    (folder / "c.yaml").write_text(yaml.safe_dump(curriculum))
+    (folder / "a.yaml").write_text(yaml.safe_dump(TINY_AGENT))
+    return [
+        sys.executable,
+        "-m",
+        "sparc_rl.cli",
+        "train",
+        "--curriculum",
+        str(folder / "c.yaml"),
+        "--agent",
+        str(folder / "a.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
+
+
 def _files_snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -34,24 +53,8 @@ def test_sigkill_mid_task_then_resume_keeps_every_evaluation_once_and_the_memory
     curriculum["tasks"].append({**curriculum["tasks"][0], "name": "third"})
     for task in curriculum["tasks"]:
         task["steps"] = 1024
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
-    (tmp_path / "a.yaml").write_text(yaml.safe_dump(TINY_AGENT))
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "sparc_rl.cli",
-        "train",
-        "--curriculum",
-        str(tmp_path / "c.yaml"),
-        "--agent",
-        str(tmp_path / "a.yaml"),
-        "--run-dir",
-        str(run_dir),
-        "--no-progress",
-        "--seed",
-        "2",
-    ]
+    command = [*_train_command(tmp_path, curriculum, run_dir), "--seed", "2"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path = run_dir / "state.json"
     killed_at = None
@@ -180,23 +183,9 @@ def test_ctrl_c_writes_a_final_checkpoint_and_a_partial_report(tmp_path):
     curriculum = tiny_curriculum_dict()
     for task in curriculum["tasks"]:
         task["steps"] = 4096
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
-    (tmp_path / "a.yaml").write_text(yaml.safe_dump(TINY_AGENT))
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sparc_rl.cli",
-            "train",
-            "--curriculum",
-            str(tmp_path / "c.yaml"),
-            "--agent",
-            str(tmp_path / "a.yaml"),
-            "--run-dir",
-            str(run_dir),
-            "--no-progress",
-        ],
+        _train_command(tmp_path, curriculum, run_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
