@@ -24,7 +24,7 @@ class MemoryReadout:
     memory: th.Tensor  # (time, batch, hidden)
     familiarity: th.Tensor  # (time, batch, 1)
     final_slots: th.Tensor  # (batch, n_filled, hidden)
-    final_context: th.Tensor  # (batch, input_size)
+    final_evidence: th.Tensor  # (batch, n_filled)
     final_weight: th.Tensor  # (batch, 1)
 
     def select(self, index: th.Tensor) -> MemoryReadout:
@@ -33,7 +33,7 @@ class MemoryReadout:
             self.memory[:, index],
             self.familiarity[:, index],
             self.final_slots[index],
-            self.final_context[index],
+            self.final_evidence[index],
             self.final_weight[index],
         )
 
@@ -135,29 +135,33 @@ class SparcCore(RecurrentCore):
 
     * ``p_t`` is the *plastic path*: a LayerNorm GRU that learns the current task;
     * ``m_t`` is the *memory read-out*: each of at most ``n_slots`` skill slots holds a frozen copy
-      of the plastic path (stored as buffers, so no optimiser can change it) and a key: the mean and
-      variance of the *context* (a running average of the inputs over the episode) seen while the
-      skill was learned. Slots are weighted by ``softmax(-distance / router_temperature)``;
-    * ``g_t`` is the per-unit *stability-plasticity gate*: a non-parametric familiarity
-      ``f_t = sigmoid((familiarity_threshold - nearest distance) / familiarity_temperature)`` times
-      a learned per-unit part. Familiar contexts lean on memory, novel ones on the plastic path.
-      The gate's learned part only receives gradient where a context is familiar, so training on a
-      novel task does not teach it to ignore memory.
+      of the plastic path (stored as buffers, so no optimiser can change it) and a key: a diagonal
+      Gaussian (mean and variance per input dimension) of the inputs seen while the skill was
+      learned. Each step, every key scores the input by its negative log-likelihood; a running
+      average over the episode (the *evidence*) says how well each key explains what the agent has
+      seen so far. Slots are read with ``softmax(-evidence / router_temperature)``;
+    * ``g_t`` is the per-unit *stability-plasticity gate*: a non-parametric familiarity times a
+      learned per-unit part. Familiarity compares the evidence with the spread the key showed on its
+      own task (``z = (evidence - own median) / (own 95th percentile - own median)``, so 0 is typical
+      and 1 unusual for that task): ``f_t = sigmoid((familiarity_threshold - z) / familiarity_temperature)``.
+      Familiar contexts lean on memory, novel ones on the plastic path. The learned part only gets
+      gradient where a context is familiar, so training on a novel task cannot teach it to ignore memory.
 
-    The distance is the mean over input dimensions of ``(context - key_mean)^2 / key_var``, so about
-    1 inside the distribution a key was computed from.
+    Keys, calibration and slots are buffers: nothing that decides what memory returns is trained.
 
-    State layout: ``[plastic h (H) | slot h (n_slots * H) | context (input_size) | context weight (1)]``.
+    State layout: ``[plastic h (H) | slot h (n_slots * H) | evidence (n_slots) | evidence weight (1)]``.
 
     :param input_size: feature size
     :param hidden_size: output size ``H``
     :param n_slots: memory budget ``K`` (0 disables memory: the ``sparc-no-memory`` ablation)
     :param use_gate: ``False`` mixes memory and plastic path half and half whenever a slot exists
         (the ``sparc-no-gate`` ablation)
-    :param context_rate: rate of the running context average
-    :param familiarity_threshold: distance under which a context counts as familiar
+    :param evidence_rate: rate of the running average of each key's negative log-likelihood
+    :param min_variance: floor on a key's variance per input dimension (a dimension that never
+        moved on a task makes any change in it strong evidence against that task)
+    :param familiarity_threshold: calibrated distance ``z`` at which familiarity is one half
     :param familiarity_temperature: softness of the familiarity
-    :param router_temperature: softness of the slot attention (0: only the nearest slot is read)
+    :param router_temperature: softness of the slot attention, in nats (0: only the best key's slot is read)
     :param memory_policy: what to do when all slots are full: ``"evict"`` the least used slot or
         ``"merge"`` the two slots with the closest keys
     :param shrink: plastic weights are multiplied by this after consolidation (shrink-and-perturb)
@@ -173,6 +177,8 @@ class SparcCore(RecurrentCore):
     slot_output_norm: th.Tensor
     key_mean: th.Tensor
     key_var: th.Tensor
+    key_centre: th.Tensor
+    key_spread: th.Tensor
     key_count: th.Tensor
     slot_usage: th.Tensor
     n_filled: th.Tensor
@@ -184,10 +190,11 @@ class SparcCore(RecurrentCore):
         hidden_size: int,
         n_slots: int = 4,
         use_gate: bool = True,
-        context_rate: float = 0.1,
-        familiarity_threshold: float = 3.0,
-        familiarity_temperature: float = 0.5,
-        router_temperature: float = 0.5,
+        evidence_rate: float = 0.2,
+        min_variance: float = 1e-3,
+        familiarity_threshold: float = 2.0,
+        familiarity_temperature: float = 0.25,
+        router_temperature: float = 1.0,
         memory_policy: str = "evict",
         shrink: float = 0.9,
         perturb: float = 0.01,
@@ -198,11 +205,14 @@ class SparcCore(RecurrentCore):
             raise ConfigError(f"n_slots must be >= 0, got {n_slots}.")
         if memory_policy not in ("evict", "merge"):
             raise ConfigError(f"memory_policy must be 'evict' or 'merge', got {memory_policy!r}.")
-        if not 0.0 < context_rate <= 1.0:
-            raise ConfigError(f"context_rate must be in (0, 1], got {context_rate}.")
+        if not 0.0 < evidence_rate <= 1.0:
+            raise ConfigError(f"evidence_rate must be in (0, 1], got {evidence_rate}.")
+        if min_variance <= 0:
+            raise ConfigError(f"min_variance must be > 0, got {min_variance}.")
         self.n_slots = n_slots
         self.use_gate = use_gate
-        self.context_rate = context_rate
+        self.evidence_rate = evidence_rate
+        self.min_variance = min_variance
         self.familiarity_threshold = familiarity_threshold
         self.familiarity_temperature = familiarity_temperature
         self.router_temperature = router_temperature
@@ -210,7 +220,7 @@ class SparcCore(RecurrentCore):
         self.shrink = shrink
         self.perturb = perturb
         self.write_only_novel = write_only_novel
-        self.state_size = hidden_size * (1 + n_slots) + input_size + 1
+        self.state_size = hidden_size * (1 + n_slots) + n_slots + 1
 
         self.input_norm = nn.LayerNorm(input_size)
         self.cell = nn.GRUCell(input_size, hidden_size)
@@ -228,6 +238,8 @@ class SparcCore(RecurrentCore):
         self.register_buffer("slot_output_norm", th.zeros(k, 2, h))
         self.register_buffer("key_mean", th.zeros(k, f))
         self.register_buffer("key_var", th.ones(k, f))
+        self.register_buffer("key_centre", th.zeros(k))
+        self.register_buffer("key_spread", th.ones(k))
         self.register_buffer("key_count", th.zeros(k))
         self.register_buffer("slot_usage", th.zeros(k))
         self.register_buffer("n_filled", th.zeros((), dtype=th.long))
@@ -241,19 +253,47 @@ class SparcCore(RecurrentCore):
         h, k = self.hidden_size, self.n_slots
         plastic = state[:, :h]
         slots = state[:, h : h * (1 + k)].reshape(state.shape[0], k, h)
-        context = state[:, h * (1 + k) : h * (1 + k) + self.input_size]
+        evidence = state[:, h * (1 + k) : h * (1 + k) + k]
         weight = state[:, -1:]
-        return plastic, slots, context, weight
+        return plastic, slots, evidence, weight
 
-    def _update_context(self, context: th.Tensor, weight: th.Tensor, x: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        rate = self.context_rate
-        return (1 - rate) * context + rate * x.detach(), (1 - rate) * weight + rate
+    def key_nll(self, x: th.Tensor, n: int, mean: th.Tensor | None = None, var: th.Tensor | None = None) -> th.Tensor:
+        """Negative log-likelihood (up to a constant, in nats) of inputs ``(..., F)`` under the first
+        ``n`` keys (or under the given ``mean`` and ``var``), ``(..., n)``."""
+        mean = self.key_mean[:n] if mean is None else mean
+        var = self.key_var[:n] if var is None else var
+        precision = var.reciprocal()
+        # sum_f (x - mu)^2 / var expanded into matmuls, so no (..., n, F) tensor is built
+        quadratic = F.linear(x.pow(2), precision) - 2 * F.linear(x, mean * precision)
+        return 0.5 * (quadratic + (mean.pow(2) * precision + var.log()).sum(-1))
 
-    def _distances(self, context: th.Tensor, weight: th.Tensor, n: int) -> th.Tensor:
-        """Normalised distance of each env's context to the first ``n`` keys, ``(batch, n)``."""
-        normalised = context / weight.clamp_min(1e-6)
-        diff = normalised.unsqueeze(1) - self.key_mean[:n]
-        return (diff.pow(2) / self.key_var[:n]).mean(-1)
+    def _update_evidence(self, evidence: th.Tensor, weight: th.Tensor, nll: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        rate = self.evidence_rate
+        return (1 - rate) * evidence + rate * nll, (1 - rate) * weight + rate
+
+    def running_evidence(self, nll: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+        """Bias-corrected running averages of per-step NLLs ``(time, batch, n)`` along sequences that
+        start fresh at every episode start."""
+        evidence = th.zeros_like(nll[0])
+        weight = th.zeros(nll.shape[1], 1, device=nll.device)
+        out = []
+        for t in range(nll.shape[0]):
+            keep = (1.0 - episode_starts[t]).unsqueeze(-1)
+            evidence, weight = self._update_evidence(evidence * keep, weight * keep, nll[t])
+            out.append(evidence / weight)
+        return th.stack(out)
+
+    def _route(self, evidence: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """Attention over the filled slots and the familiarity ``(B, 1)``, from bias-corrected evidence."""
+        n = evidence.shape[-1]
+        if self.router_temperature > 0:
+            attention = th.softmax(-evidence / self.router_temperature, dim=-1)
+        else:  # hard routing: the best key's slot alone (mixing two skills' hidden states mixes nonsense)
+            attention = F.one_hot(evidence.argmin(dim=-1), n).to(evidence.dtype)
+        calibrated = (evidence - self.key_centre[:n]) / self.key_spread[:n]
+        distance = (attention * calibrated).sum(-1, keepdim=True)
+        familiarity = th.sigmoid((self.familiarity_threshold - distance) / self.familiarity_temperature)
+        return attention, familiarity
 
     def plastic_step(self, x: th.Tensor, plastic: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """The plastic path alone: returns its output and its new hidden state."""
@@ -290,20 +330,6 @@ class SparcCore(RecurrentCore):
         """The first ``n`` memory slots on input ``x``: outputs and new hidden states ``(B, n, H)``."""
         return self._slot_recurrence(self._slot_inputs(x, n), slots, n)
 
-    def _read_memory(
-        self, slot_out: th.Tensor, context: th.Tensor, weight: th.Tensor, n: int
-    ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """Attention-weighted memory read-out, the attention, and the familiarity ``(B, 1)``."""
-        distances = self._distances(context, weight, n)
-        if self.router_temperature > 0:
-            attention = th.softmax(-distances / self.router_temperature, dim=1)
-        else:  # hard routing: the nearest key's slot alone (mixing two skills' hidden states mixes nonsense)
-            attention = F.one_hot(distances.argmin(dim=1), n).to(distances.dtype)
-        memory = (attention.unsqueeze(-1) * slot_out).sum(1)
-        nearest = distances.min(dim=1, keepdim=True).values
-        familiarity = th.sigmoid((self.familiarity_threshold - nearest) / self.familiarity_temperature)
-        return memory, attention, familiarity
-
     def _mix(
         self, gate_input: th.Tensor, plastic_out: th.Tensor, memory: th.Tensor, familiarity: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor]:
@@ -316,18 +342,18 @@ class SparcCore(RecurrentCore):
 
     # -- the cell ------------------------------------------------------------------------------
     def step(self, x: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        plastic, slots, context, weight = self._split(state)
+        plastic, slots, evidence, weight = self._split(state)
         normed = self.input_norm(x)
         plastic_out, plastic_new = self._plastic(normed, plastic)
-        context, weight = self._update_context(context, weight, x)
         n = int(self.n_filled)
         if n == 0:
-            unused_slots = state[:, self.hidden_size : -1 - self.input_size]
-            return plastic_out, th.cat([plastic_new, unused_slots, context, weight], dim=1)
+            return plastic_out, th.cat([plastic_new, state[:, self.hidden_size :]], dim=1)
 
         with th.no_grad():  # memory is frozen: no graph for it
+            filled, weight = self._update_evidence(evidence[:, :n], weight, self.key_nll(x, n))
             slot_out, slot_new = self.slot_step(x, slots[:, :n], n)
-            memory, attention, familiarity = self._read_memory(slot_out, context, weight, n)
+            attention, familiarity = self._route(filled / weight)
+            memory = (attention.unsqueeze(-1) * slot_out).sum(1)
         out, gate = self._mix(self._gate_input(normed), plastic_out, memory, familiarity)
 
         if not th.is_grad_enabled():  # acting, not training: keep usage statistics for logs
@@ -337,7 +363,8 @@ class SparcCore(RecurrentCore):
             self._steps_seen += 1
         if n < self.n_slots:
             slot_new = th.cat([slot_new, slots[:, n:]], dim=1)
-        new_state = th.cat([plastic_new, slot_new.reshape(x.shape[0], -1), context, weight], dim=1)
+            filled = th.cat([filled, evidence[:, n:]], dim=1)
+        new_state = th.cat([plastic_new, slot_new.reshape(x.shape[0], -1), filled, weight], dim=1)
         return out, new_state
 
     @th.no_grad()
@@ -346,17 +373,20 @@ class SparcCore(RecurrentCore):
         if n == 0:
             return None
         keep = (1.0 - episode_starts).unsqueeze(-1)
-        _, slots, context, weight = self._split(state)
+        _, slots, evidence, weight = self._split(state)
+        evidence = evidence[:, :n]
         memories, familiarities, slot_states = [], [], slots[:, :n]
-        slot_inputs = self._slot_inputs(x, n)  # the input projections of all steps in one matmul
+        # what does not depend on the recurrence, for all steps in one matmul each
+        slot_inputs = self._slot_inputs(x, n)
+        nll = self.key_nll(x, n)
         for t in range(x.shape[0]):
             slot_states = slot_states * keep[t].unsqueeze(-1)
-            context, weight = self._update_context(context * keep[t], weight * keep[t], x[t])
+            evidence, weight = self._update_evidence(evidence * keep[t], weight * keep[t], nll[t])
             slot_out, slot_states = self._slot_recurrence(slot_inputs[t], slot_states, n)
-            memory, _, familiarity = self._read_memory(slot_out, context, weight, n)
-            memories.append(memory)
+            attention, familiarity = self._route(evidence / weight)
+            memories.append((attention.unsqueeze(-1) * slot_out).sum(1))
             familiarities.append(familiarity)
-        return MemoryReadout(th.stack(memories), th.stack(familiarities), slot_states, context, weight)
+        return MemoryReadout(th.stack(memories), th.stack(familiarities), slot_states, evidence, weight)
 
     def unroll(
         self,
@@ -369,7 +399,7 @@ class SparcCore(RecurrentCore):
         without autograd, then the plastic path and the gate run step by step."""
         readout = readout if readout is not None else self.read_memory(x, state, episode_starts)
         keep = (1.0 - episode_starts).unsqueeze(-1)
-        plastic, slots, context, weight = self._split(state)
+        plastic, slots, evidence, weight = self._split(state)
         normed = self.input_norm(x)  # what does not depend on the recurrence: all steps at once
         gate_input = self._gate_input(normed) if readout is not None else None
         outputs = []
@@ -378,30 +408,25 @@ class SparcCore(RecurrentCore):
             if readout is not None and gate_input is not None:
                 plastic_out, _ = self._mix(gate_input[t], plastic_out, readout.memory[t], readout.familiarity[t])
             outputs.append(plastic_out)
-        # slots that are not filled just carry their state, zeroed by any episode start on the way
-        carried = slots * keep.prod(dim=0).unsqueeze(-1)
-        if readout is None:
-            with th.no_grad():
-                for t in range(x.shape[0]):
-                    context, weight = self._update_context(context * keep[t], weight * keep[t], x[t])
-            final_slots = carried
-        else:
-            context, weight = readout.final_context, readout.final_weight
-            final_slots = th.cat([readout.final_slots, carried[:, readout.final_slots.shape[1] :]], dim=1)
-        final = th.cat([plastic, final_slots.reshape(x.shape[1], -1), context, weight], dim=1)
+        # what memory does not fill just carries its state, zeroed by any episode start on the way
+        carried = keep.prod(dim=0)
+        final_slots, final_evidence, final_weight = slots * carried.unsqueeze(-1), evidence * carried, weight * carried
+        if readout is not None:
+            n = readout.final_slots.shape[1]
+            final_slots = th.cat([readout.final_slots, final_slots[:, n:]], dim=1)
+            final_evidence = th.cat([readout.final_evidence, final_evidence[:, n:]], dim=1)
+            final_weight = readout.final_weight
+        final = th.cat([plastic, final_slots.reshape(x.shape[1], -1), final_evidence, final_weight], dim=1)
         return th.stack(outputs), final
 
     # -- memory management ---------------------------------------------------------------------
-    def contexts(self, features: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
-        """Bias-corrected running contexts along sequences, ``(time, batch, input_size)``."""
-        context = th.zeros_like(features[0])
-        weight = th.zeros(features.shape[1], 1, device=features.device)
-        out = []
-        for t in range(features.shape[0]):
-            keep = (1.0 - episode_starts[t]).unsqueeze(-1)
-            context, weight = self._update_context(context * keep, weight * keep, features[t])
-            out.append(context / weight)
-        return th.stack(out)
+    def familiarity(self, features: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+        """Familiarity of memory along sequences of features ``(time, batch, F)``: ``(time, batch, 1)``
+        (zeros without filled slots)."""
+        n = int(self.n_filled)
+        if n == 0:
+            return th.zeros(*features.shape[:2], 1, device=features.device)
+        return self._route(self.running_evidence(self.key_nll(features, n), episode_starts))[1]
 
     @th.no_grad()
     def consolidate(self, features: th.Tensor, episode_starts: th.Tensor) -> None:
@@ -409,20 +434,16 @@ class SparcCore(RecurrentCore):
         if self.n_slots == 0:
             self._stabilize()
             return
-        contexts = self.contexts(features, episode_starts).reshape(-1, self.input_size)
-        n = int(self.n_filled)
-        if n and self.write_only_novel:
-            weight = th.ones(contexts.shape[0], 1, device=contexts.device)
-            nearest = self._distances(contexts, weight, n).min(dim=1).values
-            familiarity = th.sigmoid((self.familiarity_threshold - nearest) / self.familiarity_temperature)
-            if float(familiarity.mean()) >= 0.5:
-                # Memory served this task: the plastic path is only a residual on top of it, not a skill
-                # that could stand alone in a slot. Keep memory as it is.
-                self._stabilize()
-                return
-        mean = contexts.mean(0)
-        # A floor on the variance keeps dimensions that never moved from dominating distances.
-        var = contexts.var(0, unbiased=False).clamp_min(1e-2)
+        if self.write_only_novel and float(self.familiarity(features, episode_starts).mean()) >= 0.5:
+            # Memory served this task: the plastic path is only a residual on top of it, not a skill
+            # that could stand alone in a slot. Keep memory as it is.
+            self._stabilize()
+            return
+        flat = features.reshape(-1, self.input_size)
+        mean = flat.mean(0)
+        var = flat.var(0, unbiased=False).clamp_min(self.min_variance)
+        own = self.running_evidence(self.key_nll(features, 1, mean.unsqueeze(0), var.unsqueeze(0)), episode_starts)
+        centre, high = th.quantile(own.flatten(), th.tensor([0.5, 0.95], device=own.device))
         slot = self._free_slot()
         rows = slice(slot * 3 * self.hidden_size, (slot + 1) * 3 * self.hidden_size)
         # W (LN(x) * a + b) + c = (W * a) LN(x) + (W b + c): fold the input norm's affine into the slot
@@ -434,7 +455,9 @@ class SparcCore(RecurrentCore):
         self.slot_output_norm[slot, 1] = self.output_norm.bias
         self.key_mean[slot] = mean
         self.key_var[slot] = var
-        self.key_count[slot] = contexts.shape[0]
+        self.key_centre[slot] = centre
+        self.key_spread[slot] = (high - centre).clamp_min(1e-3)
+        self.key_count[slot] = flat.shape[0]
         self.slot_usage[slot] = 0.0
         self.n_filled.fill_(max(int(self.n_filled), slot + 1))
         self._stabilize()
@@ -448,10 +471,14 @@ class SparcCore(RecurrentCore):
         return self._merge_closest()
 
     def _merge_closest(self) -> int:
-        """Merge the two slots with the closest keys into one; returns the slot freed."""
+        """Merge the two slots with the closest keys into one; returns the slot freed.
+
+        The merged key is the moment-matched Gaussian of both; its calibration keeps the wider spread
+        of the two, widened by the gap between their centres."""
         k = self.n_slots
-        diff = self.key_mean.unsqueeze(0) - self.key_mean.unsqueeze(1)
-        distance = (diff.pow(2) / self.key_var.unsqueeze(0)).mean(-1)
+        # symmetric distance between keys: each key's mean scored by the other key
+        cross = self.key_nll(self.key_mean, k) - self.key_centre
+        distance = cross + cross.T
         distance.fill_diagonal_(float("inf"))
         a, b = divmod(int(distance.argmin()), k)
         wa, wb = self.key_count[a], self.key_count[b]
@@ -471,6 +498,9 @@ class SparcCore(RecurrentCore):
             self.key_var[b] + (self.key_mean[b] - mean) ** 2
         )
         self.key_mean[a] = mean
+        gap = (self.key_centre[a] - self.key_centre[b]).abs()
+        self.key_centre[a] = share * self.key_centre[a] + (1 - share) * self.key_centre[b]
+        self.key_spread[a] = th.maximum(self.key_spread[a], self.key_spread[b]) + gap
         self.key_count[a] = wa + wb
         self.slot_usage[a] += self.slot_usage[b]
         return b

@@ -10,6 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium.wrappers import FlattenObservation
+from minigrid.wrappers import OneHotPartialObsWrapper
 
 from sparc_rl.config import builtin_names, check_keys, read_yaml_mapping, resolve_file
 from sparc_rl.envs import WRAPPERS
@@ -19,8 +20,13 @@ from sparc_rl.inference import describe_space
 BOUNDARY_MODES = ("announced", "hidden")
 CURRICULUM_KEYS = {"name", "description", "boundary", "eval_episodes", "eval_every", "tasks"}
 TASK_KEYS = {"name", "env", "kwargs", "wrappers", "steps"}
-# Wrappers a curriculum can name: the package's own plus gymnasium's flattening.
-NAMED_WRAPPERS: dict[str, Any] = {**WRAPPERS, "flatten-observation": FlattenObservation}
+# Wrappers a curriculum can name: the package's own, gymnasium's flattening and minigrid's one-hot view
+# (one-hot cells make "which objects and colours are in view" a direction in observation space).
+NAMED_WRAPPERS: dict[str, Any] = {
+    **WRAPPERS,
+    "flatten-observation": FlattenObservation,
+    "minigrid-one-hot": OneHotPartialObsWrapper,
+}
 
 
 @dataclass(frozen=True)

@@ -125,27 +125,35 @@ class BehaviourCloning(ContinualPlugin):
         return self.strength * th.stack(losses).mean()
 
 
-def rollout_novelty(mean: th.Tensor, segment_mean: th.Tensor, segment_var: th.Tensor) -> float:
-    """How far a rollout's mean context lies from the current segment's, in segment standard
-    deviations squared, averaged over dimensions."""
-    return float(((mean - segment_mean).pow(2) / segment_var.clamp_min(1e-2)).mean())
+def rollout_novelty(features: th.Tensor, segment_mean: th.Tensor, segment_var: th.Tensor) -> float:
+    """Mean negative log-likelihood per step and input dimension (nats, up to a constant) of a
+    rollout's features ``(steps, F)`` under the current segment's diagonal Gaussian."""
+    nll = (features - segment_mean).pow(2) / segment_var + segment_var.log()
+    return float(0.5 * nll.mean())
 
 
 class NoveltyBoundaryDetector(ContinualPlugin):
-    """The *detect* stage for hidden boundaries: when a rollout's mean context jumps away from the
-    running statistics of the current segment, the skill learned so far is consolidated (from the
-    previous rollout, which still belongs to the old task) before training on the new data.
+    """The *detect* stage for hidden boundaries: when a rollout's features are much less likely
+    under the running statistics of the current segment than the segment's own rollouts were, the
+    skill learned so far is consolidated (from the previous rollout, which still belongs to the old
+    task) before training on the new data.
 
-    :param threshold: novelty (see :func:`rollout_novelty`) that counts as a new task
+    :param threshold: rise of :func:`rollout_novelty` over the segment's running baseline, in nats per
+        input dimension, that counts as a new task
     :param min_rollouts: rollouts a segment needs before it can be consolidated
-    :param momentum: weight of the old statistics in the running segment mean and variance
+    :param momentum: weight of the old statistics in the running segment mean, variance and baseline
+    :param min_variance: floor on the segment's variance per dimension
     """
 
-    def __init__(self, threshold: float = 1.0, min_rollouts: int = 10, momentum: float = 0.9) -> None:
+    def __init__(
+        self, threshold: float = 0.5, min_rollouts: int = 10, momentum: float = 0.9, min_variance: float = 1e-3
+    ) -> None:
         self.threshold = threshold
         self.min_rollouts = min_rollouts
         self.momentum = momentum
+        self.min_variance = min_variance
         self.segment: tuple[th.Tensor, th.Tensor] | None = None
+        self.baseline = 0.0
         self.rollouts_in_segment = 0
         self.previous: tuple[th.Tensor, th.Tensor] | None = None
         self.detected = 0
@@ -161,24 +169,25 @@ class NoveltyBoundaryDetector(ContinualPlugin):
         with th.no_grad():
             features = model.policy.extract_features(obs, model.policy.features_extractor)
             assert isinstance(features, th.Tensor)
-            contexts = model.policy.actor_core.contexts(features.reshape(*starts.shape, -1), starts)
-        flat = contexts.reshape(-1, contexts.shape[-1])
-        mean, var = flat.mean(0), flat.var(0, unbiased=False)
+        mean, var = features.mean(0), features.var(0, unbiased=False).clamp_min(self.min_variance)
         segment, previous = self.segment, self.previous
+        novelty = rollout_novelty(features, *segment) if segment is not None else 0.0
         if (
             segment is not None
             and previous is not None
             and self.rollouts_in_segment >= self.min_rollouts
-            and rollout_novelty(mean, segment[0], segment[1]) > self.threshold
+            and novelty - self.baseline > self.threshold
         ):
             self.detected += 1
             if model.skill_learned():
                 model.policy.consolidate(previous[0], previous[1])
             self.segment, self.rollouts_in_segment = None, 0
+        m = self.momentum
         if self.segment is None:
             self.segment = (mean, var)
+            self.baseline = rollout_novelty(features, mean, var)
         else:
-            m = self.momentum
             self.segment = (m * self.segment[0] + (1 - m) * mean, m * self.segment[1] + (1 - m) * var)
+            self.baseline = m * self.baseline + (1 - m) * novelty
         self.rollouts_in_segment += 1
         self.previous = (obs, starts)

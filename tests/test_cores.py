@@ -129,7 +129,7 @@ def test_merge_joins_the_two_closest_slots_when_full():
 
 
 def test_gate_leans_on_memory_only_in_familiar_contexts():
-    core = _filled_sparc(filled=0, context_rate=1.0)
+    core = _filled_sparc(filled=0, evidence_rate=1.0)
     familiar = th.zeros(10, 4, INPUT)
     core.consolidate(familiar + 0.1 * th.randn(10, 4, INPUT), th.zeros(10, 4))
     with th.no_grad():
@@ -152,23 +152,47 @@ def test_bad_core_settings_give_clear_errors():
         make_core("sparc", INPUT, HIDDEN, n_slots=-1)
 
 
-def test_hard_routing_reads_only_the_nearest_slot():
+def test_hard_routing_reads_only_the_best_key_slot():
     th.manual_seed(0)
-    core = SparcCore(INPUT, HIDDEN, n_slots=2, router_temperature=0.0, context_rate=1.0, write_only_novel=False)
+    core = SparcCore(INPUT, HIDDEN, n_slots=2, router_temperature=0.0, evidence_rate=1.0, write_only_novel=False)
     core.consolidate(th.zeros(10, 4, INPUT) + 0.01 * th.randn(10, 4, INPUT), th.zeros(10, 4))
     core.consolidate(th.full((10, 4, INPUT), 5.0) + 0.01 * th.randn(10, 4, INPUT), th.zeros(10, 4))
     x = th.full((3, INPUT), 5.0)
-    _, slots, context, weight = core._split(core.initial_state(3))
-    context, weight = core._update_context(context, weight, x)
-    slot_out, _ = core.slot_step(x, slots[:, :2], 2)
-    memory, attention, _ = core._read_memory(slot_out, context, weight, 2)
+    attention, familiarity = core._route(core.key_nll(x, 2))
     assert th.equal(attention, th.tensor([[0.0, 1.0]] * 3))
-    assert th.equal(memory, slot_out[:, 1])
+    assert bool((familiarity > 0.99).all())
+    slots = core.slot_step(x, th.zeros(3, 2, HIDDEN), 2)[0]
+    with th.no_grad():
+        core.gate.bias.fill_(100.0)  # the learned part fully open: the output is the routed slot's
+        out, _ = core.step(x, core.initial_state(3))
+    assert th.allclose(out, slots[:, 1], atol=1e-5)
+
+
+def test_a_broader_key_does_not_take_over_a_narrower_task():
+    """Data of a task whose inputs are a subset of a later task's is still routed to its own key."""
+    th.manual_seed(0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=2, router_temperature=0.0, write_only_novel=False)
+    narrow = 0.05 * th.randn(20, 4, INPUT)
+    broad = th.cat([narrow, 3.0 * th.randn(20, 4, INPUT)])
+    core.consolidate(narrow, th.zeros(20, 4))
+    core.consolidate(broad, th.zeros(40, 4))
+    evidence = core.running_evidence(core.key_nll(0.05 * th.randn(20, 4, INPUT), 2), th.zeros(20, 4))
+    assert bool((evidence.argmin(-1) == 0).all())
+
+
+def test_familiarity_is_calibrated_on_each_key_own_spread():
+    th.manual_seed(0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=1, write_only_novel=False)
+    own = th.randn(50, 4, INPUT)
+    core.consolidate(own, th.zeros(50, 4))
+    familiar = core.familiarity(th.randn(50, 4, INPUT), th.zeros(50, 4))
+    shifted = core.familiarity(th.randn(50, 4, INPUT) + 2.0, th.zeros(50, 4))
+    assert float(familiar.mean()) > 0.9 and float(shifted.mean()) < 0.05
 
 
 def test_write_only_novel_skips_tasks_that_memory_already_serves():
     th.manual_seed(0)
-    core = SparcCore(INPUT, HIDDEN, n_slots=3, write_only_novel=True, context_rate=1.0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=3, write_only_novel=True)
     familiar = th.zeros(10, 4, INPUT) + 0.1 * th.randn(10, 4, INPUT)
     core.consolidate(familiar, th.zeros(10, 4))
     core.consolidate(familiar, th.zeros(10, 4))

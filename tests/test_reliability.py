@@ -147,7 +147,7 @@ def test_eval_of_a_model_with_other_spaces(tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "The policy expects observations Box(shape=(5,), dtype=float32) but the env gives Box(shape=(155,)" in err
+    assert "The policy expects observations Box(shape=(5,), dtype=float32) but the env gives Box(shape=(988,)" in err
     assert err.count("\n") == 1
 
 
