@@ -28,6 +28,9 @@ class BenchJob:
     eval_episodes: int | None
     reference: bool
     threads: int
+    reference_agent: str | None = None
+    #: set for a job that only trains the reference agent on this task (for the runs' forward transfer)
+    reference_task: int | None = None
 
 
 def _run_job(job: BenchJob) -> dict[str, Any]:
@@ -57,9 +60,12 @@ def _run_one(job: BenchJob) -> dict[str, Any]:
         run_dir=job.run_dir,
         eval_episodes=job.eval_episodes,
         reference=job.reference,
+        reference_agent=job.reference_agent,
         progress=False,
         command="sparc-rl bench",
     )
+    if job.reference_task is not None:
+        return {"reference_task": job.reference_task, "seed": job.seed, "auc": runner.reference_auc(job.reference_task)}
     result = runner.run()
     return {
         "agent": job.agent,
@@ -87,23 +93,50 @@ def run_bench(
     eval_episodes: int | None = None,
     jobs: int | None = None,
     reference: bool = True,
+    reference_agent: str | None = None,
 ) -> Path:
-    """Run the benchmark and write ``results.md``, ``results.csv``, ``results.json`` and plots to ``out_dir``."""
+    """Run the benchmark and write ``results.md``, ``results.csv``, ``results.json`` and plots to ``out_dir``.
+
+    Forward transfer compares every agent with the same single-task references: ``reference_agent``
+    (default: the first agent) trained from scratch on each distinct task, per seed. Those runs are
+    scheduled first and cached, so the agents' runs find them ready."""
     loaded = load_curriculum(curriculum)
-    for agent in agents:
+    reference_agent = reference_agent or agents[0]
+    for agent in [*agents, reference_agent]:
         load_agent(agent)  # fail fast on a bad name, before any training
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = jobs or max(1, min(os.cpu_count() or 1, len(agents) * seeds))
-    work = [
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    common = dict(
+        curriculum=curriculum,
+        steps_per_task=steps_per_task,
+        eval_episodes=eval_episodes,
+        reference=reference,
+        threads=threads,
+        reference_agent=reference_agent,
+    )
+    work = []
+    if reference:
+        distinct: dict[str, int] = {}
+        for index, task in enumerate(loaded.to_dict()["tasks"]):
+            distinct.setdefault(json.dumps({k: v for k, v in task.items() if k != "name"}, sort_keys=True), index)
+        work += [
+            BenchJob(
+                agent=reference_agent,
+                seed=seed,
+                run_dir=str(out_dir / "runs" / f"reference-seed{seed}"),
+                reference_task=index,
+                **common,  # type: ignore[arg-type]
+            )
+            for seed in range(seeds)
+            for index in distinct.values()
+        ]
+    work += [
         BenchJob(
-            curriculum,
-            agent,
-            seed,
-            str(out_dir / "runs" / f"{Path(agent).stem}-seed{seed}"),
-            steps_per_task,
-            eval_episodes,
-            reference,
-            threads=max(1, (os.cpu_count() or 1) // jobs),
+            agent=agent,
+            seed=seed,
+            run_dir=str(out_dir / "runs" / f"{Path(agent).stem}-seed{seed}"),
+            **common,  # type: ignore[arg-type]
         )
         for agent in agents
         for seed in range(seeds)
@@ -114,9 +147,19 @@ def run_bench(
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             results = pool.map(_run_job, work, chunksize=1)
     failed = [r for r in results if "error" in r]
-    results = [r for r in results if "error" not in r]
+    results = [r for r in results if "error" not in r and "reference_task" not in r]
     rows = summarise_results(results, [Path(a).stem for a in agents])
-    write_tables(out_dir, rows, loaded.name, curriculum, agents, seeds, steps_per_task, failed)
+    write_tables(
+        out_dir,
+        rows,
+        loaded.name,
+        curriculum,
+        agents,
+        seeds,
+        steps_per_task,
+        failed,
+        reference_agent if reference else None,
+    )
     if results:
         plot_results(out_dir, results, loaded.task_names)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -155,11 +198,22 @@ def write_tables(
     seeds: int,
     steps_per_task: int | None,
     failed: list[dict[str, Any]],
+    reference_agent: str | None,
 ) -> None:
     info = versions()
     command = f"sparc-rl bench --curriculum {curriculum} --agents {','.join(agents)} --seeds {seeds}"
     if steps_per_task:
         command += f" --steps-per-task {steps_per_task}"
+    if reference_agent is None:
+        command += " --no-reference"
+    elif reference_agent != agents[0]:
+        command += f" --reference-agent {reference_agent}"
+    transfer = (
+        f"Forward transfer: own-stage AUC against `{Path(reference_agent).stem}` trained from scratch on each task "
+        "(same budget and seed), `(AUC - AUC_ref) / (1 - AUC_ref)`."
+        if reference_agent
+        else "Forward transfer: not measured (`--no-reference`)."
+    )
     lines = [
         f"# Continual benchmark: {name}",
         "",
@@ -167,7 +221,7 @@ def write_tables(
         f"{info['platform']}, torch {info['torch']}. Command: `{command}`.",
         "",
         "Mean and 90% bootstrap interval over seeds. Plasticity = fraction of tasks reaching 0.9 success in "
-        "their own stage. No task id is given to any agent at evaluation.",
+        "their own stage. No task id is given to any agent at evaluation. " + transfer,
         "",
         "| agent | seeds | avg performance | forgetting | forward transfer | plasticity | wall time (s) "
         "| env steps/s |",

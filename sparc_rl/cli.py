@@ -91,6 +91,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.eval_episodes,
         args.jobs,
         reference=not args.no_reference,
+        reference_agent=args.reference_agent,
     )
     print((result_dir / "results.md").read_text())
     return 0
@@ -171,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
     bench.add_argument("--out", default=None)
     bench.add_argument("--no-reference", action="store_true", help="skip single-task references")
+    bench.add_argument(
+        "--reference-agent",
+        help="agent trained from scratch on each task as every agent's forward-transfer reference (default: the first)",
+    )
     bench.set_defaults(func=_bench)
 
     listing = sub.add_parser("list", help="list built-in curricula, agents and environments")

@@ -150,6 +150,8 @@ class ContinualRunner:
     :param run_dir: output folder (default ``runs/<curriculum>-<agent>-seed<seed>-<time>``)
     :param eval_episodes: episodes per task per evaluation (default: the curriculum's)
     :param reference: also train single-task references (cached) so forward transfer is measured
+    :param reference_agent: the agent trained from scratch on each task for those references (default:
+        ``agent``; a benchmark gives every agent the same one, as Continual World does)
     :param progress: show a progress bar
     """
 
@@ -162,6 +164,7 @@ class ContinualRunner:
         run_dir: str | Path | None = None,
         eval_episodes: int | None = None,
         reference: bool = False,
+        reference_agent: str | Path | AgentSpec | None = None,
         progress: bool = True,
         command: str | None = None,
     ) -> None:
@@ -174,6 +177,12 @@ class ContinualRunner:
         if self.eval_episodes <= 0:
             raise ConfigError(f"eval_episodes must be positive, got {self.eval_episodes}.")
         self.reference = reference
+        if reference_agent is None:
+            self.reference_agent = self.agent
+        else:
+            self.reference_agent = (
+                reference_agent if isinstance(reference_agent, AgentSpec) else load_agent(reference_agent)
+            )
         self.progress = progress
         self.command = command or " ".join(shlex.quote(arg) for arg in sys.argv)
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.curriculum.name, self.agent.name, seed)
@@ -207,6 +216,9 @@ class ContinualRunner:
             run_dir=run_dir,
             eval_episodes=int(config["eval_episodes"]),
             reference=bool(config.get("reference", False)),
+            reference_agent=parse_agent(config["reference_agent"], "reference agent")
+            if config.get("reference_agent")
+            else None,
             progress=progress,
             command=config.get("command"),
         )
@@ -229,6 +241,7 @@ class ContinualRunner:
             "seed": self.seed,
             "eval_episodes": self.eval_episodes,
             "reference": self.reference,
+            "reference_agent": self.reference_agent.to_dict(),
             "command": self.command,
             "versions": versions(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -399,30 +412,33 @@ class ContinualRunner:
 
     # -- single-task references (forward transfer) ---------------------------------------------
     def _reference_auc(self) -> list[float]:
-        cache_dir = self.run_dir.parent / ".reference-cache"
-        aucs = []
-        for index, task in enumerate(self.curriculum.tasks):
-            key_data = {
-                "task": self.curriculum.to_dict()["tasks"][index],
-                "agent": self.agent.to_dict(),
-                "seed": self.seed,
-                "episodes": self.eval_episodes,
-                "every": self.curriculum.eval_every,
-                "versions": {k: v for k, v in versions().items() if k != "platform"},
-            }
-            key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            cached = cache_dir / f"{task.name}-{key}.json"
-            if cached.is_file():
-                aucs.append(float(json.loads(cached.read_text())["auc"]))
-                continue
-            auc = self._train_reference(task, index)
-            atomic_write_json(cached, {"task": task.name, "auc": auc, "key": key_data})
-            aucs.append(auc)
-        return aucs
+        return [self.reference_auc(index) for index in range(len(self.curriculum.tasks))]
+
+    def reference_auc(self, index: int) -> float:
+        """Mean score of the reference agent trained from scratch on task ``index`` alone (its AUC),
+        cached next to the run directory: a task that returns, or another run with the same reference
+        agent and seed, reuses it."""
+        task = self.curriculum.tasks[index]
+        task_data = {k: v for k, v in self.curriculum.to_dict()["tasks"][index].items() if k != "name"}
+        key_data = {
+            "task": task_data,
+            "agent": self.reference_agent.to_dict(),
+            "seed": self.seed,
+            "episodes": self.eval_episodes,
+            "every": self.curriculum.eval_every,
+            "versions": {k: v for k, v in versions().items() if k != "platform"},
+        }
+        key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        cached = self.run_dir.parent / ".reference-cache" / f"{key}.json"
+        if cached.is_file():
+            return float(json.loads(cached.read_text())["auc"])
+        auc = self._train_reference(task, index)
+        atomic_write_json(cached, {"task": task.name, "auc": auc, "key": key_data})
+        return auc
 
     def _train_reference(self, task: TaskSpec, index: int) -> float:
-        env = make_vec_env(task.make_env, n_envs=self.agent.n_envs, seed=self.seed * 7919 + 101 * (index + 1))
-        model = self.agent.build(env, seed=self.seed)
+        env = make_vec_env(task.make_env, n_envs=self.reference_agent.n_envs, seed=self.seed * 7919 + 101 * (index + 1))
+        model = self.reference_agent.build(env, seed=self.seed)
         scores = []
         done = 0
         for point in self._eval_points(task.steps, _rollout_size(model)):

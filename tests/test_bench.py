@@ -82,3 +82,26 @@ def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path):
     )
     table = (out / "results.md").read_text()
     assert "| good | 1 |" in table and "**Run failed**: " in table and "Invalid policy_kwargs" in table
+
+
+def test_every_agent_is_measured_against_the_same_references(tmp_path):
+    import json
+
+    data = tiny_curriculum_dict()
+    data["tasks"].append({**data["tasks"][0], "name": "short-again"})  # a returning task: no new reference
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    for core in ("sparc", "lstm"):
+        (tmp_path / f"tiny-{core}.yaml").write_text(yaml.safe_dump(tiny_agent_data(core)))
+    out = tmp_path / "bench"
+    agents = f"{tmp_path / 'tiny-sparc.yaml'},{tmp_path / 'tiny-lstm.yaml'}"
+    args = ["bench", "--curriculum", str(tmp_path / "c.yaml"), "--agents", agents, "--seeds", "1", "--jobs", "1"]
+    assert main([*args, "--out", str(out), "--reference-agent", str(tmp_path / "tiny-lstm.yaml")]) == 0
+    cached = [json.loads(p.read_text()) for p in (out / "runs" / ".reference-cache").glob("*.json")]
+    assert sorted(c["task"] for c in cached) == ["reversed", "short"]
+    assert {c["key"]["agent"]["name"] for c in cached} == {"tiny-lstm"}
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == 2
+    references = [r["metrics"]["reference_auc"] for r in results]
+    assert references[0] == references[1] and len(references[0]) == 3 and references[0][0] == references[0][2]
+    assert all(r["metrics"]["forward_transfer"] is not None for r in results)
+    assert "against `tiny-lstm` trained from scratch" in (out / "results.md").read_text()
