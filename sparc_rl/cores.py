@@ -22,6 +22,7 @@ class MemoryReadout:
     """A SPARC memory's output along a batch of sequences (computed without autograd)."""
 
     memory: th.Tensor  # (time, batch, hidden)
+    attention: th.Tensor  # (time, batch, n_filled)
     familiarity: th.Tensor  # (time, batch, 1)
     final_slots: th.Tensor  # (batch, n_filled, hidden)
     final_evidence: th.Tensor  # (batch, n_filled)
@@ -31,6 +32,7 @@ class MemoryReadout:
         """The read-out of the sequences ``index`` (along the batch dimension)."""
         return MemoryReadout(
             self.memory[:, index],
+            self.attention[:, index],
             self.familiarity[:, index],
             self.final_slots[index],
             self.final_evidence[index],
@@ -144,8 +146,10 @@ class SparcCore(RecurrentCore):
       learned per-unit part. Familiarity compares the evidence with the spread the key showed on its
       own task (``z = (evidence - own median) / (own 95th percentile - own median)``, so 0 is typical
       and 1 unusual for that task): ``f_t = sigmoid((familiarity_threshold - z) / familiarity_temperature)``.
-      Familiar contexts lean on memory, novel ones on the plastic path. The learned part only gets
-      gradient where a context is familiar, so training on a novel task cannot teach it to ignore memory.
+      Familiar contexts lean on memory, novel ones on the plastic path. The learned part belongs to
+      each slot (per-unit logits, read with the same attention as the slots) and only gets gradient
+      where a context is familiar: training on a novel task cannot teach the gate to ignore memory, and
+      a task that looks like an old one but needs other behaviour lowers only that slot's gate.
 
     Keys, calibration and slots are buffers: nothing that decides what memory returns is trained.
 
@@ -183,6 +187,7 @@ class SparcCore(RecurrentCore):
     slot_usage: th.Tensor
     n_filled: th.Tensor
     n_consolidations: th.Tensor
+    INITIAL_GATE_LOGIT = 2.0
 
     def __init__(
         self,
@@ -225,8 +230,8 @@ class SparcCore(RecurrentCore):
         self.input_norm = nn.LayerNorm(input_size)
         self.cell = nn.GRUCell(input_size, hidden_size)
         self.output_norm = nn.LayerNorm(hidden_size)
-        self.gate = nn.Linear(input_size + hidden_size, hidden_size)
-        nn.init.constant_(self.gate.bias, 2.0)  # start by trusting memory where it is familiar
+        # start by trusting memory where it is familiar
+        self.gate_logits = nn.Parameter(th.full((n_slots, hidden_size), self.INITIAL_GATE_LOGIT))
 
         k, h, f = n_slots, hidden_size, input_size
         # Slot input weights have the copied input LayerNorm's affine folded in, and are stacked so
@@ -303,10 +308,6 @@ class SparcCore(RecurrentCore):
         new = self.cell(normed, plastic)
         return self.output_norm(new), new
 
-    def _gate_input(self, normed: th.Tensor) -> th.Tensor:
-        """The input's share of the gate's learned part (computable for all steps at once)."""
-        return F.linear(normed, self.gate.weight[:, : self.input_size], self.gate.bias)
-
     def _slot_inputs(self, x: th.Tensor, n: int) -> th.Tensor:
         """Input gates of the first ``n`` slots, ``(..., n, 3H)``, from one matmul."""
         normed = F.layer_norm(x, (self.input_size,))
@@ -331,11 +332,13 @@ class SparcCore(RecurrentCore):
         return self._slot_recurrence(self._slot_inputs(x, n), slots, n)
 
     def _mix(
-        self, gate_input: th.Tensor, plastic_out: th.Tensor, memory: th.Tensor, familiarity: th.Tensor
+        self, plastic_out: th.Tensor, memory: th.Tensor, attention: th.Tensor, familiarity: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor]:
         if self.use_gate:
-            learned = th.sigmoid(gate_input + F.linear(plastic_out, self.gate.weight[:, self.input_size :]))
-            gate = familiarity * learned
+            logits = attention @ self.gate_logits[: attention.shape[-1]]
+            # only familiar contexts may teach a slot's gate (novel tasks must not train memory away)
+            logits = th.where(familiarity > 0.5, logits, logits.detach())
+            gate = familiarity * th.sigmoid(logits)
         else:
             gate = th.full_like(plastic_out, 0.5)
         return gate * memory + (1 - gate) * plastic_out, gate
@@ -354,7 +357,7 @@ class SparcCore(RecurrentCore):
             slot_out, slot_new = self.slot_step(x, slots[:, :n], n)
             attention, familiarity = self._route(filled / weight)
             memory = (attention.unsqueeze(-1) * slot_out).sum(1)
-        out, gate = self._mix(self._gate_input(normed), plastic_out, memory, familiarity)
+        out, gate = self._mix(plastic_out, memory, attention, familiarity)
 
         if not th.is_grad_enabled():  # acting, not training: keep usage statistics for logs
             self.slot_usage[:n] += attention.sum(0)
@@ -375,7 +378,7 @@ class SparcCore(RecurrentCore):
         keep = (1.0 - episode_starts).unsqueeze(-1)
         _, slots, evidence, weight = self._split(state)
         evidence = evidence[:, :n]
-        memories, familiarities, slot_states = [], [], slots[:, :n]
+        memories, attentions, familiarities, slot_states = [], [], [], slots[:, :n]
         # what does not depend on the recurrence, for all steps in one matmul each
         slot_inputs = self._slot_inputs(x, n)
         nll = self.key_nll(x, n)
@@ -385,8 +388,11 @@ class SparcCore(RecurrentCore):
             slot_out, slot_states = self._slot_recurrence(slot_inputs[t], slot_states, n)
             attention, familiarity = self._route(evidence / weight)
             memories.append((attention.unsqueeze(-1) * slot_out).sum(1))
+            attentions.append(attention)
             familiarities.append(familiarity)
-        return MemoryReadout(th.stack(memories), th.stack(familiarities), slot_states, evidence, weight)
+        return MemoryReadout(
+            th.stack(memories), th.stack(attentions), th.stack(familiarities), slot_states, evidence, weight
+        )
 
     def unroll(
         self,
@@ -401,12 +407,11 @@ class SparcCore(RecurrentCore):
         keep = (1.0 - episode_starts).unsqueeze(-1)
         plastic, slots, evidence, weight = self._split(state)
         normed = self.input_norm(x)  # what does not depend on the recurrence: all steps at once
-        gate_input = self._gate_input(normed) if readout is not None else None
         outputs = []
         for t in range(x.shape[0]):
             plastic_out, plastic = self._plastic(normed[t], plastic * keep[t])
-            if readout is not None and gate_input is not None:
-                plastic_out, _ = self._mix(gate_input[t], plastic_out, readout.memory[t], readout.familiarity[t])
+            if readout is not None:
+                plastic_out, _ = self._mix(plastic_out, readout.memory[t], readout.attention[t], readout.familiarity[t])
             outputs.append(plastic_out)
         # what memory does not fill just carries its state, zeroed by any episode start on the way
         carried = keep.prod(dim=0)
@@ -459,6 +464,7 @@ class SparcCore(RecurrentCore):
         self.key_spread[slot] = (high - centre).clamp_min(1e-3)
         self.key_count[slot] = flat.shape[0]
         self.slot_usage[slot] = 0.0
+        self.gate_logits[slot] = self.INITIAL_GATE_LOGIT
         self.n_filled.fill_(max(int(self.n_filled), slot + 1))
         self._stabilize()
 
@@ -503,6 +509,7 @@ class SparcCore(RecurrentCore):
         self.key_spread[a] = th.maximum(self.key_spread[a], self.key_spread[b]) + gap
         self.key_count[a] = wa + wb
         self.slot_usage[a] += self.slot_usage[b]
+        self.gate_logits[a] = share * self.gate_logits[a] + (1 - share) * self.gate_logits[b]
         return b
 
     def _stabilize(self) -> None:

@@ -163,7 +163,7 @@ def test_hard_routing_reads_only_the_best_key_slot():
     assert bool((familiarity > 0.99).all())
     slots = core.slot_step(x, th.zeros(3, 2, HIDDEN), 2)[0]
     with th.no_grad():
-        core.gate.bias.fill_(100.0)  # the learned part fully open: the output is the routed slot's
+        core.gate_logits.fill_(100.0)  # the learned part fully open: the output is the routed slot's
         out, _ = core.step(x, core.initial_state(3))
     assert th.allclose(out, slots[:, 1], atol=1e-5)
 
@@ -199,3 +199,20 @@ def test_write_only_novel_skips_tasks_that_memory_already_serves():
     assert int(core.n_filled) == 1 and int(core.n_consolidations) == 2
     core.consolidate(th.full((10, 4, INPUT), 5.0), th.zeros(10, 4))
     assert int(core.n_filled) == 2
+
+
+def test_only_familiar_contexts_train_the_routed_slot_gate():
+    th.manual_seed(0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=3, router_temperature=0.0, write_only_novel=False)
+    core.consolidate(0.1 * th.randn(20, 4, INPUT), th.zeros(20, 4))
+    core.consolidate(5.0 + 0.1 * th.randn(20, 4, INPUT), th.zeros(20, 4))
+    before = core.gate_logits.detach().clone()
+    novel = -8.0 + 0.1 * th.randn(6, 4, INPUT)
+    core.unroll(novel, core.initial_state(4), th.zeros(6, 4))[0].pow(2).sum().backward()
+    assert core.gate_logits.grad is None or not bool(core.gate_logits.grad.any())
+    core.zero_grad()
+    like_second = 5.0 + 0.1 * th.randn(6, 4, INPUT)
+    core.unroll(like_second, core.initial_state(4), th.zeros(6, 4))[0].pow(2).sum().backward()
+    grad = core.gate_logits.grad
+    assert grad is not None and bool(grad[1].any()) and not bool(grad[0].any()) and not bool(grad[2].any())
+    assert th.equal(core.gate_logits.detach(), before)
