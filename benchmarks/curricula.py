@@ -37,14 +37,14 @@ def single_task(job: tuple[str, int, str, int]) -> dict:
         alone,
         "sparc",
         seed=seed,
-        run_dir=Path(out) / f"{curriculum_name}-{task.name}",
+        run_dir=Path(out) / f"{Path(curriculum_name).stem}-{task.name}",
         progress=False,
         command="benchmarks/curricula.py",
     )
     result = runner.run()
     reached = [steps for _, steps, scores in runner.state.history if scores[0] >= 0.9]
     return {
-        "curriculum": curriculum_name,
+        "curriculum": Path(curriculum_name).stem,
         "task": task.name,
         "budget": task.steps,
         "final": result.matrix[0][0],
@@ -64,7 +64,7 @@ def interference(job: tuple[str, int, str, int]) -> dict:
         curriculum_name,
         "lstm",
         seed=seed,
-        run_dir=Path(out) / f"{curriculum_name}-lstm",
+        run_dir=Path(out) / f"{Path(curriculum_name).stem}-lstm",
         progress=False,
         command="benchmarks/curricula.py",
     )

@@ -65,7 +65,8 @@ def learn_sps(model, steps: int) -> float:
 
 
 def builders(seed: int) -> dict[str, callable]:
-    sparc_kwargs = dict(core="sparc", hidden_size=HIDDEN, n_slots=8)
+    # every consolidation writes a slot here (by default a task that memory already serves writes none)
+    sparc_kwargs = dict(core="sparc", hidden_size=HIDDEN, n_slots=8, core_kwargs=dict(write_only_novel=False))
     return {
         "SB3 PPO (MLP 64x64)": lambda: PPO("MlpPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, device="cpu"),
         "RecurrentPPO LSTM-64 (its defaults: 10 epochs, batch 128)": lambda: RecurrentPPO(
@@ -109,6 +110,8 @@ def filled(model: SparcPPO, slots: int) -> SparcPPO:
     model.learn(N_STEPS * N_ENVS)
     for _ in range(slots):
         model.consolidate()
+    filled_slots = int(model.policy.actor_core.n_filled)
+    assert filled_slots == slots, f"{filled_slots} slots filled instead of {slots}"
     return model
 
 
