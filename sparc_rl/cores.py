@@ -168,8 +168,11 @@ class SparcCore(RecurrentCore):
     :param router_temperature: softness of the slot attention, in nats (0: only the best key's slot is read)
     :param memory_policy: what to do when all slots are full: ``"evict"`` the least used slot or
         ``"merge"`` the two slots with the closest keys
-    :param shrink: plastic weights are multiplied by this after consolidation (shrink-and-perturb)
-    :param perturb: scale of the noise added to the plastic weights after consolidation
+    :param shrink: plastic weights are multiplied by this after consolidation (shrink-and-perturb;
+        the default 0 re-initialises the plastic GRU: the skill is in memory, and a policy that starts
+        the next task from the old skill's near-deterministic actions explores too little to learn it)
+    :param perturb: scale of the noise added to the plastic weights after consolidation (0.07 is about
+        the spread of a freshly initialised GRU of hidden size 64)
     :param write_only_novel: consolidation writes a slot only when the task's contexts were mostly
         unfamiliar (memory did not already serve it)
     """
@@ -201,8 +204,8 @@ class SparcCore(RecurrentCore):
         familiarity_temperature: float = 0.25,
         router_temperature: float = 1.0,
         memory_policy: str = "evict",
-        shrink: float = 0.9,
-        perturb: float = 0.01,
+        shrink: float = 0.0,
+        perturb: float = 0.07,
         write_only_novel: bool = True,
     ) -> None:
         super().__init__(input_size, hidden_size)
