@@ -159,6 +159,7 @@ def run_bench(
         steps_per_task,
         failed,
         reference_agent if reference else None,
+        eval_episodes,
     )
     if results:
         plot_results(out_dir, results, loaded.task_names)
@@ -199,11 +200,14 @@ def write_tables(
     steps_per_task: int | None,
     failed: list[dict[str, Any]],
     reference_agent: str | None,
+    eval_episodes: int | None = None,
 ) -> None:
     info = versions()
     command = f"sparc-rl bench --curriculum {curriculum} --agents {','.join(agents)} --seeds {seeds}"
     if steps_per_task:
         command += f" --steps-per-task {steps_per_task}"
+    if eval_episodes:
+        command += f" --eval-episodes {eval_episodes}"
     if reference_agent is None:
         command += " --no-reference"
     elif reference_agent != agents[0]:

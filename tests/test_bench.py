@@ -33,6 +33,7 @@ def test_bench_compares_agents_over_seeds(tmp_path, capsys):
     )
     table = (out / "results.md").read_text()
     assert "| tiny-sparc | 2 |" in table and "| tiny-lstm | 2 |" in table
+    assert "--seeds 2 --no-reference`" in table  # the command that reproduces it
     rows = list(csv.DictReader((out / "results.csv").open()))
     metrics = {(r["agent"], r["metric"]) for r in rows}
     assert ("tiny-sparc", "forgetting") in metrics and ("tiny-lstm", "env_steps_per_s") in metrics
@@ -95,6 +96,7 @@ def test_every_agent_is_measured_against_the_same_references(tmp_path):
     out = tmp_path / "bench"
     agents = f"{tmp_path / 'tiny-sparc.yaml'},{tmp_path / 'tiny-lstm.yaml'}"
     args = ["bench", "--curriculum", str(tmp_path / "c.yaml"), "--agents", agents, "--seeds", "1", "--jobs", "1"]
+    args += ["--eval-episodes", "2"]
     assert main([*args, "--out", str(out), "--reference-agent", str(tmp_path / "tiny-lstm.yaml")]) == 0
     cached = [json.loads(p.read_text()) for p in (out / "runs" / ".reference-cache").glob("*.json")]
     assert sorted(c["task"] for c in cached) == ["reversed", "short"]
@@ -104,4 +106,6 @@ def test_every_agent_is_measured_against_the_same_references(tmp_path):
     references = [r["metrics"]["reference_auc"] for r in results]
     assert references[0] == references[1] and len(references[0]) == 3 and references[0][0] == references[0][2]
     assert all(r["metrics"]["forward_transfer"] is not None for r in results)
-    assert "against `tiny-lstm` trained from scratch" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "against `tiny-lstm` trained from scratch" in table
+    assert "--eval-episodes 2 --reference-agent" in table
