@@ -12,10 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import load_agent
 from sparc_rl.curriculum import load_curriculum
+from sparc_rl.errors import ConfigError
 from sparc_rl.io import atomic_write_text, versions
 from sparc_rl.metrics import bootstrap_ci
+from sparc_rl.runner import ContinualRunner, RunResult
 
 
 @dataclass(frozen=True)
@@ -46,13 +49,8 @@ def _run_job(job: BenchJob) -> dict[str, Any]:
         }
 
 
-def _run_one(job: BenchJob) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(job.threads)
-    from sparc_rl.runner import ContinualRunner
-
-    runner = ContinualRunner(
+def _runner(job: BenchJob) -> ContinualRunner:
+    return ContinualRunner(
         job.curriculum,
         job.agent,
         steps_per_task=job.steps_per_task,
@@ -64,18 +62,50 @@ def _run_one(job: BenchJob) -> dict[str, Any]:
         progress=False,
         command="sparc-rl bench",
     )
+
+
+def _run_one(job: BenchJob) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(job.threads)
+    runner = _runner(job)
     if job.reference_task is not None:
         return {"reference_task": job.reference_task, "seed": job.seed, "auc": runner.reference_auc(job.reference_task)}
-    result = runner.run()
+    result = _reuse_or_run(runner)
+    metrics = result.metrics
+    if job.reference:  # the same references for every run, also for runs reused from an earlier bench
+        metrics = {
+            "tasks": result.tasks,
+            "matrix": result.matrix,
+            **metric_fns.summarise(result.matrix, result.history, runner.reference_aucs()),
+        }
     return {
         "agent": job.agent,
         "seed": job.seed,
         "run_dir": str(result.run_dir),
-        "metrics": result.metrics,
+        "metrics": metrics,
         "wall_time_s": result.wall_time_s,
         "env_steps": result.env_steps,
-        "history": runner.state.history,
+        "history": result.history,
     }
+
+
+def _reuse_or_run(runner: ContinualRunner) -> RunResult:
+    """A bench run directory that already holds this run is reused when finished and continued when
+    interrupted, so a benchmark can be re-run with more agents or after a stop without losing work."""
+    if not (runner.run_dir / "state.json").is_file():
+        return runner.run()
+    saved = ContinualRunner.resume(runner.run_dir, progress=False)
+    return RunResult.load(runner.run_dir) if saved.state.finished else saved.run()
+
+
+def _check_saved_run(runner: ContinualRunner) -> None:
+    saved = runner.run_dir / "state.json"
+    if saved.is_file() and ContinualRunner.resume(runner.run_dir, progress=False).experiment() != runner.experiment():
+        raise ConfigError(
+            f"{str(runner.run_dir)!r} holds a different run (another curriculum, agent, seed or number of "
+            "evaluation episodes); use another --out folder or remove it."
+        )
 
 
 def _plasticity(metrics: dict[str, Any]) -> float:
@@ -141,6 +171,9 @@ def run_bench(
         for agent in agents
         for seed in range(seeds)
     ]
+    for job in work:
+        if job.reference_task is None:
+            _check_saved_run(_runner(job))  # before any training
     if jobs == 1:
         results = [_run_job(job) for job in work]
     else:
@@ -177,8 +210,9 @@ def summarise_results(results: list[dict[str, Any]], agents: list[str]) -> list[
         for key in ("average_performance", "forgetting", "forward_transfer"):
             row[key] = bootstrap_ci([r["metrics"].get(key) for r in runs])
         row["plasticity"] = bootstrap_ci([_plasticity(r["metrics"]) for r in runs])
-        row["wall_time_s"] = float(np.mean([r["wall_time_s"] for r in runs]))
-        row["steps_per_s"] = float(np.mean([r["env_steps"] / r["wall_time_s"] for r in runs]))
+        timed = [r for r in runs if r["wall_time_s"] > 0] or [{"wall_time_s": np.nan, "env_steps": np.nan}]
+        row["wall_time_s"] = float(np.mean([r["wall_time_s"] for r in timed]))
+        row["steps_per_s"] = float(np.mean([r["env_steps"] / r["wall_time_s"] for r in timed]))
         rows.append(row)
     return rows
 

@@ -170,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps-per-task", type=int, default=None)
     bench.add_argument("--eval-episodes", type=int, default=None)
     bench.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
-    bench.add_argument("--out", default=None)
+    bench.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default runs/bench-<curriculum>); runs already in it are reused when finished "
+        "and continued when interrupted",
+    )
     bench.add_argument("--no-reference", action="store_true", help="skip single-task references")
     bench.add_argument(
         "--reference-agent",

@@ -61,6 +61,9 @@ class RunState:
     matrix: list[list[float]] = field(default_factory=list)
     checkpoint: str | None = None
     finished: bool = False
+    #: training and evaluation time up to the last commit, summed over resumed sessions
+    wall_time_s: float = 0.0
+    env_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,8 @@ class RunState:
             "matrix": self.matrix,
             "checkpoint": self.checkpoint,
             "finished": self.finished,
+            "wall_time_s": self.wall_time_s,
+            "env_steps": self.env_steps,
         }
 
     @classmethod
@@ -88,6 +93,8 @@ class RunState:
             matrix=[[float(x) for x in row] for row in data["matrix"]],
             checkpoint=data.get("checkpoint"),
             finished=bool(data.get("finished", False)),
+            wall_time_s=float(data.get("wall_time_s", 0.0)),
+            env_steps=int(data.get("env_steps", 0)),
         )
 
 
@@ -99,6 +106,20 @@ class RunResult:
     metrics: dict[str, Any]
     wall_time_s: float
     env_steps: int
+    history: list[HistoryRow] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunResult:
+        """The result of a finished run, read back from its directory."""
+        run_dir = Path(run_dir)
+        try:
+            state = RunState.from_dict(json.loads((run_dir / "state.json").read_text()))
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"Cannot read the result of run {str(run_dir)!r}: {error}.") from None
+        if not state.finished:
+            raise CheckpointError(f"Run {str(run_dir)!r} has not finished; continue it with --resume {run_dir}.")
+        return cls(run_dir, metrics["tasks"], state.matrix, metrics, state.wall_time_s, state.env_steps, state.history)
 
 
 class _ProgressCallback(BaseCallback):
@@ -190,6 +211,7 @@ class ContinualRunner:
         self.state = RunState()
         self._resuming = False
         self._env_stage = 0
+        self._clock = time.time()
 
     # -- construction from a run directory ---------------------------------------------------
     @classmethod
@@ -234,12 +256,23 @@ class ContinualRunner:
     def _eval_seed(self) -> int:
         return self.seed * 10007 + 1
 
+    def experiment(self) -> dict[str, Any]:
+        """What defines this run's results: curriculum, agent, seed and evaluation episodes (as saved in
+        its ``config.json``)."""
+        return json.loads(
+            json.dumps(
+                {
+                    "curriculum": self.curriculum.to_dict(),
+                    "agent": self.agent.to_dict(),
+                    "seed": self.seed,
+                    "eval_episodes": self.eval_episodes,
+                }
+            )
+        )
+
     def _config(self) -> dict[str, Any]:
         return {
-            "curriculum": self.curriculum.to_dict(),
-            "agent": self.agent.to_dict(),
-            "seed": self.seed,
-            "eval_episodes": self.eval_episodes,
+            **self.experiment(),
             "reference": self.reference,
             "reference_agent": self.reference_agent.to_dict(),
             "command": self.command,
@@ -258,10 +291,17 @@ class ContinualRunner:
         name = f"step-{model.num_timesteps}.zip"
         save_model_atomically(model, checkpoint_dir / name)
         self.state.checkpoint = f"checkpoints/{name}"
-        atomic_write_json(self.run_dir / "state.json", self.state.to_dict())
+        self._save_state(model)
         for old in checkpoint_dir.glob("step-*.zip"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+
+    def _save_state(self, model: BaseAlgorithm) -> None:
+        now = time.time()
+        self.state.wall_time_s += now - self._clock
+        self._clock = now
+        self.state.env_steps = int(model.num_timesteps)
+        atomic_write_json(self.run_dir / "state.json", self.state.to_dict())
 
     def _log_evaluation(
         self, logger: Logger, scores: dict[str, Any], diagnostics: dict[str, dict[str, float]], step: int
@@ -284,7 +324,7 @@ class ContinualRunner:
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> RunResult:
         """Train through every task; on Ctrl-C write a final checkpoint and a partial report, then re-raise."""
-        started = time.time()
+        self._clock = time.time()
         if self._resuming:
             if self.state.finished:
                 raise ConfigError(f"Run {str(self.run_dir)!r} already finished; see its report.md.")
@@ -303,7 +343,7 @@ class ContinualRunner:
             for stage in range(self.state.stage, len(self.curriculum.tasks)):
                 self._run_stage(stage, model, logger, bar)
             self.state.finished = True
-            atomic_write_json(self.run_dir / "state.json", self.state.to_dict())
+            self._save_state(model)
         except FloatingPointError as error:
             bar.close()
             last = self.state.checkpoint or "none yet"
@@ -329,8 +369,9 @@ class ContinualRunner:
             self.curriculum.task_names,
             self.state.matrix,
             metrics,
-            time.time() - started,
-            int(model.num_timesteps),
+            self.state.wall_time_s,
+            self.state.env_steps,
+            self.state.history,
         )
 
     def _load_or_build_model(self) -> BaseAlgorithm:
@@ -411,7 +452,8 @@ class ContinualRunner:
         return scores, diagnostics
 
     # -- single-task references (forward transfer) ---------------------------------------------
-    def _reference_auc(self) -> list[float]:
+    def reference_aucs(self) -> list[float]:
+        """:meth:`reference_auc` of every task."""
         return [self.reference_auc(index) for index in range(len(self.curriculum.tasks))]
 
     def reference_auc(self, index: int) -> float:
@@ -456,7 +498,7 @@ class ContinualRunner:
         if partial or len(self.state.matrix) < len(tasks):
             metrics = {**self._partial_metrics(), "partial": True}
         else:
-            reference = self._reference_auc() if self.reference else None
+            reference = self.reference_aucs() if self.reference else None
             metrics = metric_fns.summarise(self.state.matrix, history, reference)
             metrics["partial"] = False
         metrics = {"tasks": tasks, "matrix": self.state.matrix, **metrics}

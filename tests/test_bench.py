@@ -109,3 +109,42 @@ def test_every_agent_is_measured_against_the_same_references(tmp_path):
     table = (out / "results.md").read_text()
     assert "against `tiny-lstm` trained from scratch" in table
     assert "--eval-episodes 2 --reference-agent" in table
+
+
+def test_a_rerun_reuses_finished_runs_and_adds_agents_and_references(tmp_path):
+    import json
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
+    for core in ("sparc", "lstm"):
+        (tmp_path / f"tiny-{core}.yaml").write_text(yaml.safe_dump(tiny_agent_data(core)))
+    sparc, lstm = str(tmp_path / "tiny-sparc.yaml"), str(tmp_path / "tiny-lstm.yaml")
+    out = tmp_path / "bench"
+    common = ["--curriculum", str(tmp_path / "c.yaml"), "--seeds", "1", "--jobs", "1", "--eval-episodes", "2"]
+    assert main(["bench", "--agents", sparc, *common, "--out", str(out), "--no-reference"]) == 0
+    state = out / "runs" / "tiny-sparc-seed0" / "state.json"
+    before = (state.read_text(), state.stat().st_mtime_ns)
+    first = json.loads((out / "results.json").read_text())[0]
+    assert first["metrics"]["forward_transfer"] is None and first["wall_time_s"] > 0
+
+    assert main(["bench", "--agents", f"{sparc},{lstm}", *common, "--out", str(out)]) == 0
+    assert (state.read_text(), state.stat().st_mtime_ns) == before  # reused, not trained again
+    results = {r["agent"]: r for r in json.loads((out / "results.json").read_text())}
+    reused = results[sparc]
+    assert reused["metrics"]["matrix"] == first["metrics"]["matrix"] and reused["wall_time_s"] == first["wall_time_s"]
+    assert reused["metrics"]["forward_transfer"] is not None  # the references were added afterwards
+    assert results[lstm]["metrics"]["forward_transfer"] is not None
+    table = (out / "results.md").read_text()
+    assert "| tiny-sparc | 1 |" in table and "| tiny-lstm | 1 |" in table
+
+
+def test_a_bench_folder_holding_other_runs_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
+    (tmp_path / "tiny-gru.yaml").write_text(yaml.safe_dump(tiny_agent_data("gru")))
+    out = tmp_path / "bench"
+    common = ["bench", "--curriculum", str(tmp_path / "c.yaml"), "--agents", str(tmp_path / "tiny-gru.yaml")]
+    common += ["--seeds", "1", "--jobs", "1", "--no-reference", "--out", str(out)]
+    assert main([*common, "--eval-episodes", "2"]) == 0
+    results = (out / "results.json").read_text()
+    assert main([*common, "--eval-episodes", "3"]) == 2
+    assert "holds a different run" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == results

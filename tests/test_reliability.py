@@ -15,7 +15,7 @@ from sparc_rl import SparcPPO
 from sparc_rl.agents import parse_agent
 from sparc_rl.cli import main
 from sparc_rl.curriculum import parse_curriculum
-from sparc_rl.runner import ContinualRunner
+from sparc_rl.runner import ContinualRunner, RunResult
 from tests.conftest import tiny_agent_data, tiny_curriculum_dict
 
 TINY_AGENT = tiny_agent_data(
@@ -81,6 +81,11 @@ def test_sigkill_mid_task_then_resume_keeps_every_evaluation_once_and_the_memory
     ]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["matrix"]) == 3
+    # time and steps add up over both sessions, and the result reads back from the folder
+    assert final["wall_time_s"] > killed_at["wall_time_s"] > 0
+    assert final["env_steps"] >= 3 * 1024 > killed_at["env_steps"] > 0
+    result = RunResult.load(run_dir)
+    assert result.matrix == metrics["matrix"] and result.wall_time_s == final["wall_time_s"]
     final_model = SparcPPO.load(run_dir / "checkpoints" / "task-2-third.zip")
     before, after = task0.policy.actor_core, final_model.policy.actor_core
     assert int(after.n_filled) == 3
