@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,7 +72,7 @@ def _run_one(job: BenchJob) -> dict[str, Any]:
     runner = _runner(job)
     if job.reference_task is not None:
         return {"reference_task": job.reference_task, "seed": job.seed, "auc": runner.reference_auc(job.reference_task)}
-    result = _reuse_or_run(runner)
+    result, reused = _reuse_or_run(runner)
     metrics = result.metrics
     if job.reference:  # the same references for every run, also for runs reused from an earlier bench
         metrics = {
@@ -87,16 +88,22 @@ def _run_one(job: BenchJob) -> dict[str, Any]:
         "wall_time_s": result.wall_time_s,
         "env_steps": result.env_steps,
         "history": result.history,
+        "reused": reused,
     }
 
 
-def _reuse_or_run(runner: ContinualRunner) -> RunResult:
+def _reuse_or_run(runner: ContinualRunner) -> tuple[RunResult, bool]:
     """A bench run directory that already holds this run is reused when finished and continued when
-    interrupted, so a benchmark can be re-run with more agents or after a stop without losing work."""
+    interrupted, so a benchmark can be re-run with more agents or after a stop without losing work.
+
+    :return: the result and whether it was reused as it was
+    """
     if not (runner.run_dir / "state.json").is_file():
-        return runner.run()
+        return runner.run(), False
     saved = ContinualRunner.resume(runner.run_dir, progress=False)
-    return RunResult.load(runner.run_dir) if saved.state.finished else saved.run()
+    if saved.state.finished:
+        return RunResult.load(runner.run_dir), True
+    return saved.run(), False
 
 
 def _check_saved_run(runner: ContinualRunner) -> None:
@@ -174,6 +181,7 @@ def run_bench(
     for job in work:
         if job.reference_task is None:
             _check_saved_run(_runner(job))  # before any training
+    started = time.time()
     if jobs == 1:
         results = [_run_job(job) for job in work]
     else:
@@ -193,6 +201,9 @@ def run_bench(
         failed,
         reference_agent if reference else None,
         eval_episodes,
+        elapsed_s=time.time() - started,
+        jobs=jobs,
+        reused=sum(bool(r.get("reused")) for r in results),
     )
     if results:
         plot_results(out_dir, results, loaded.task_names)
@@ -235,6 +246,9 @@ def write_tables(
     failed: list[dict[str, Any]],
     reference_agent: str | None,
     eval_episodes: int | None = None,
+    elapsed_s: float = float("nan"),
+    jobs: int = 1,
+    reused: int = 0,
 ) -> None:
     info = versions()
     command = f"sparc-rl bench --curriculum {curriculum} --agents {','.join(agents)} --seeds {seeds}"
@@ -257,6 +271,9 @@ def write_tables(
         "",
         f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {os.cpu_count()} CPU cores, "
         f"{info['platform']}, torch {info['torch']}. Command: `{command}`.",
+        "",
+        f"Bench wall time: {elapsed_s / 60:.1f} min (parallel jobs: {jobs}"
+        + (f"; finished runs reused from an earlier invocation: {reused})." if reused else ")."),
         "",
         "Mean and 90% bootstrap interval over seeds. Plasticity = fraction of tasks reaching 0.9 success in "
         "their own stage. No task id is given to any agent at evaluation. " + transfer,

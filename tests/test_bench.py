@@ -135,6 +135,7 @@ def test_a_rerun_reuses_finished_runs_and_adds_agents_and_references(tmp_path):
     assert results[lstm]["metrics"]["forward_transfer"] is not None
     table = (out / "results.md").read_text()
     assert "| tiny-sparc | 1 |" in table and "| tiny-lstm | 1 |" in table
+    assert "(parallel jobs: 1; finished runs reused from an earlier invocation: 1)" in table
 
 
 def test_a_bench_folder_holding_other_runs_is_refused_before_training(tmp_path, capsys):
