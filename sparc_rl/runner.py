@@ -474,22 +474,25 @@ class ContinualRunner:
         cached = self.run_dir.parent / ".reference-cache" / f"{key}.json"
         if cached.is_file():
             return float(json.loads(cached.read_text())["auc"])
-        auc = self._train_reference(task, index)
-        atomic_write_json(cached, {"task": task.name, "auc": auc, "key": key_data})
+        curve = self._train_reference(task, index)
+        auc = float(np.mean([score for _, score in curve]))
+        atomic_write_json(cached, {"task": task.name, "auc": auc, "curve": curve, "key": key_data})
         return auc
 
-    def _train_reference(self, task: TaskSpec, index: int) -> float:
+    def _train_reference(self, task: TaskSpec, index: int) -> list[tuple[int, float]]:
+        """Train the reference agent on one task from scratch: (steps, success) at each evaluation."""
         env = make_vec_env(task.make_env, n_envs=self.reference_agent.n_envs, seed=self.seed * 7919 + 101 * (index + 1))
         model = self.reference_agent.build(env, seed=self.seed)
-        scores = []
+        curve = []
         done = 0
         for point in self._eval_points(task.steps, _rollout_size(model)):
             start = model.num_timesteps
             model.learn(point - done, reset_num_timesteps=False)
             done += model.num_timesteps - start
-            scores.append(evaluate_task(model, task, self.eval_episodes, self._eval_seed() + 1000 * index).success_rate)
+            score = evaluate_task(model, task, self.eval_episodes, self._eval_seed() + 1000 * index).success_rate
+            curve.append((done, score))
         env.close()
-        return float(np.mean(scores))
+        return curve
 
     # -- outputs -------------------------------------------------------------------------------
     def _write_outputs(self, logger: Logger, partial: bool) -> dict[str, Any]:

@@ -101,6 +101,10 @@ def test_every_agent_is_measured_against_the_same_references(tmp_path):
     cached = [json.loads(p.read_text()) for p in (out / "runs" / ".reference-cache").glob("*.json")]
     assert sorted(c["task"] for c in cached) == ["reversed", "short"]
     assert {c["key"]["agent"]["name"] for c in cached} == {"tiny-lstm"}
+    for entry in cached:  # the learning curve behind each reference's AUC is kept
+        steps, scores = zip(*entry["curve"], strict=True)
+        assert list(steps) == sorted(steps) and len(steps) == data["eval_every"]
+        assert entry["auc"] == sum(scores) / len(scores)
     results = json.loads((out / "results.json").read_text())
     assert len(results) == 2
     references = [r["metrics"]["reference_auc"] for r in results]
