@@ -91,10 +91,19 @@ class AgentSpec:
         return ("CnnSparcPolicy" if is_image else "MlpSparcPolicy"), kwargs
 
     def build(
-        self, env: VecEnv, seed: int, tensorboard_log: str | None = None, hidden_boundaries: bool = False
+        self,
+        env: VecEnv,
+        seed: int,
+        tensorboard_log: str | None = None,
+        hidden_boundaries: bool = False,
+        algorithm_overrides: dict[str, Any] | None = None,
     ) -> BaseAlgorithm:
         """Create the model for ``env``. With ``hidden_boundaries``, a consolidating SPARC agent gets a
-        :class:`NoveltyBoundaryDetector` (unless it lists one): nobody else will tell it when to consolidate."""
+        :class:`NoveltyBoundaryDetector` (unless it lists one): nobody else will tell it when to consolidate.
+
+        :param algorithm_overrides: settings that replace the agent's ``algorithm_kwargs`` (a curriculum's)
+        """
+        algorithm_kwargs = {**self.algorithm_kwargs, **(algorithm_overrides or {})}
         policy, policy_kwargs = self._policy_for(env.observation_space)
         if self.algorithm == "recurrent-ppo":
             from sb3_contrib import RecurrentPPO
@@ -106,7 +115,7 @@ class AgentSpec:
                 policy_kwargs=policy_kwargs,
                 device="cpu",
                 tensorboard_log=tensorboard_log,
-                **self.algorithm_kwargs,
+                **algorithm_kwargs,
             )
         from sparc_rl.ppo import SparcPPO
 
@@ -121,7 +130,7 @@ class AgentSpec:
             policy_kwargs=policy_kwargs,
             plugins=plugins,
             tensorboard_log=tensorboard_log,
-            **self.algorithm_kwargs,
+            **algorithm_kwargs,
         )
 
 

@@ -116,6 +116,27 @@ class LSTMCore(RecurrentCore):
         h, c = self.cell(x, (state[:, : self.hidden_size], state[:, self.hidden_size :]))
         return h, th.cat([h, c], dim=1)
 
+    def unroll(
+        self,
+        x: th.Tensor,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        readout: MemoryReadout | None = None,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        # the input half of every gate for all steps in one matmul; only the recurrent half loops
+        input_gates = F.linear(x, self.cell.weight_ih, self.cell.bias_ih)
+        keep = (1.0 - episode_starts).unsqueeze(-1)
+        h, c = state[:, : self.hidden_size], state[:, self.hidden_size :]
+        outputs = []
+        for t in range(x.shape[0]):
+            h, c = h * keep[t], c * keep[t]
+            gates = input_gates[t] + F.linear(h, self.cell.weight_hh, self.cell.bias_hh)
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c = th.sigmoid(f) * c + th.sigmoid(i) * th.tanh(g)
+            h = th.sigmoid(o) * th.tanh(c)
+            outputs.append(h)
+        return th.stack(outputs), th.cat([h, c], dim=1)
+
 
 class GRUCore(RecurrentCore):
     """``nn.GRUCell`` core; the state is the hidden vector."""
@@ -128,6 +149,35 @@ class GRUCore(RecurrentCore):
     def step(self, x: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         h = self.cell(x, state)
         return h, h
+
+    def unroll(
+        self,
+        x: th.Tensor,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        readout: MemoryReadout | None = None,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        # the input half of every gate for all steps in one matmul; only the recurrent half loops
+        input_gates = F.linear(x, self.cell.weight_ih, self.cell.bias_ih)
+        keep = (1.0 - episode_starts).unsqueeze(-1)
+        h = state
+        outputs = []
+        for t in range(x.shape[0]):
+            h = h * keep[t]
+            h = _gru_update(input_gates[t], F.linear(h, self.cell.weight_hh, self.cell.bias_hh), h)
+            outputs.append(h)
+        return th.stack(outputs), h
+
+
+def _gru_update(input_gates: th.Tensor, hidden_gates: th.Tensor, hidden: th.Tensor) -> th.Tensor:
+    """``nn.GRUCell``'s update from its two pre-computed affine parts (``(..., 3H)`` each), so the
+    input part can be computed for a whole sequence in one matmul."""
+    i_r, i_z, i_n = input_gates.chunk(3, dim=-1)
+    h_r, h_z, h_n = hidden_gates.chunk(3, dim=-1)
+    reset = th.sigmoid(i_r + h_r)
+    update = th.sigmoid(i_z + h_z)
+    candidate = th.tanh(i_n + reset * h_n)
+    return (1 - update) * candidate + update * hidden
 
 
 class SparcCore(RecurrentCore):
@@ -320,12 +370,7 @@ class SparcCore(RecurrentCore):
 
     def _slot_recurrence(self, gi: th.Tensor, slots: th.Tensor, n: int) -> tuple[th.Tensor, th.Tensor]:
         gh = th.einsum("bkh,kgh->bkg", slots, self.slot_weight_hh[:n]) + self.slot_bias_hh[:n]
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        reset = th.sigmoid(i_r + h_r)
-        update = th.sigmoid(i_z + h_z)
-        candidate = th.tanh(i_n + reset * h_n)
-        new = (1 - update) * candidate + update * slots
+        new = _gru_update(gi, gh, slots)
         norm_out = self.slot_output_norm[:n]
         out = F.layer_norm(new, (self.hidden_size,)) * norm_out[:, 0] + norm_out[:, 1]
         return out, new
@@ -409,10 +454,13 @@ class SparcCore(RecurrentCore):
         readout = readout if readout is not None else self.read_memory(x, state, episode_starts)
         keep = (1.0 - episode_starts).unsqueeze(-1)
         plastic, slots, evidence, weight = self._split(state)
-        normed = self.input_norm(x)  # what does not depend on the recurrence: all steps at once
+        # what does not depend on the recurrence, for all steps at once: the input half of the GRU
+        input_gates = F.linear(self.input_norm(x), self.cell.weight_ih, self.cell.bias_ih)
         outputs = []
         for t in range(x.shape[0]):
-            plastic_out, plastic = self._plastic(normed[t], plastic * keep[t])
+            plastic = plastic * keep[t]
+            plastic = _gru_update(input_gates[t], F.linear(plastic, self.cell.weight_hh, self.cell.bias_hh), plastic)
+            plastic_out = self.output_norm(plastic)
             if readout is not None:
                 plastic_out, _ = self._mix(plastic_out, readout.memory[t], readout.attention[t], readout.familiarity[t])
             outputs.append(plastic_out)

@@ -18,7 +18,20 @@ from sparc_rl.errors import ConfigError
 from sparc_rl.inference import describe_space
 
 BOUNDARY_MODES = ("announced", "hidden")
-CURRICULUM_KEYS = {"name", "description", "boundary", "eval_episodes", "eval_every", "tasks"}
+CURRICULUM_KEYS = {"name", "description", "boundary", "eval_episodes", "eval_every", "algorithm_kwargs", "tasks"}
+# PPO settings a curriculum may fix for every agent trained on it (both algorithms take them)
+CURRICULUM_ALGORITHM_KEYS = {
+    "n_steps",
+    "batch_size",
+    "n_epochs",
+    "learning_rate",
+    "ent_coef",
+    "vf_coef",
+    "gamma",
+    "gae_lambda",
+    "clip_range",
+    "max_grad_norm",
+}
 TASK_KEYS = {"name", "env", "kwargs", "wrappers", "steps"}
 # Wrappers a curriculum can name: the package's own, gymnasium's flattening and minigrid's one-hot view
 # (one-hot cells make "which objects and colours are in view" a direction in observation space).
@@ -71,6 +84,8 @@ class Curriculum:
     :param boundary: ``announced`` (the agent is told when a task ends: it consolidates) or ``hidden``
         (the agent is not told; SPARC must detect novelty itself)
     :param eval_every: evaluations per task stage (every ``steps / eval_every`` steps)
+    :param algorithm_kwargs: PPO settings every agent trains with on this curriculum (as RL Zoo's
+        per-environment hyperparameters); they override the agent's own
     """
 
     name: str
@@ -79,6 +94,7 @@ class Curriculum:
     description: str = ""
     eval_episodes: int = 20
     eval_every: int = 10
+    algorithm_kwargs: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
     @property
@@ -98,6 +114,7 @@ class Curriculum:
             "boundary": self.boundary,
             "eval_episodes": self.eval_episodes,
             "eval_every": self.eval_every,
+            "algorithm_kwargs": self.algorithm_kwargs,
             "tasks": [
                 {
                     "name": t.name,
@@ -191,6 +208,15 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
         )
     names = [task.name for task in tasks]
     duplicates = sorted({name for name in names if names.count(name) > 1})
+    algorithm_kwargs = data.get("algorithm_kwargs") or {}
+    if not isinstance(algorithm_kwargs, dict):
+        raise ConfigError(f"{where}: 'algorithm_kwargs' must be a mapping, got {algorithm_kwargs!r}.")
+    unknown = sorted(set(algorithm_kwargs) - CURRICULUM_ALGORITHM_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: 'algorithm_kwargs' cannot set {unknown}; a curriculum may set "
+            f"{sorted(CURRICULUM_ALGORITHM_KEYS)} (other settings belong in the agent file)."
+        )
     if duplicates:
         raise ConfigError(f"{where}: task names must be unique, repeated: {duplicates}.")
     return Curriculum(
@@ -200,6 +226,7 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
         description=str(data.get("description", "")),
         eval_episodes=_positive_int(data.get("eval_episodes", 20), where, "eval_episodes"),
         eval_every=_positive_int(data.get("eval_every", 10), where, "eval_every"),
+        algorithm_kwargs=dict(algorithm_kwargs),
         source=source,
     )
 

@@ -379,7 +379,12 @@ class ContinualRunner:
         self._env_stage = min(stage, len(self.curriculum.tasks) - 1)
         env = self._make_train_env(self._env_stage)
         if self.state.checkpoint is None:
-            return self.agent.build(env, seed=self.seed, hidden_boundaries=self.curriculum.boundary == "hidden")
+            return self.agent.build(
+                env,
+                seed=self.seed,
+                hidden_boundaries=self.curriculum.boundary == "hidden",
+                algorithm_overrides=self.curriculum.algorithm_kwargs,
+            )
         path = self.run_dir / self.state.checkpoint
         check_checkpoint_file(path)
         model_class: type[BaseAlgorithm]
@@ -465,6 +470,7 @@ class ContinualRunner:
         key_data = {
             "task": task_data,
             "agent": self.reference_agent.to_dict(),
+            "algorithm_kwargs": self.curriculum.algorithm_kwargs,
             "seed": self.seed,
             "episodes": self.eval_episodes,
             "every": self.curriculum.eval_every,
@@ -482,7 +488,7 @@ class ContinualRunner:
     def _train_reference(self, task: TaskSpec, index: int) -> list[tuple[int, float]]:
         """Train the reference agent on one task from scratch: (steps, success) at each evaluation."""
         env = make_vec_env(task.make_env, n_envs=self.reference_agent.n_envs, seed=self.seed * 7919 + 101 * (index + 1))
-        model = self.reference_agent.build(env, seed=self.seed)
+        model = self.reference_agent.build(env, seed=self.seed, algorithm_overrides=self.curriculum.algorithm_kwargs)
         curve = []
         done = 0
         for point in self._eval_points(task.steps, _rollout_size(model)):

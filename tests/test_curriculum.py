@@ -56,6 +56,8 @@ def _broken(mutate):
         (lambda d: d.update(tasks=[]), "'tasks' must be a non-empty list"),
         (lambda d: d["tasks"][1].update(name="short"), "task names must be unique"),
         (lambda d: d["tasks"][0].update(wrappers=["sparkle"]), "unknown wrapper 'sparkle'"),
+        (lambda d: d.update(algorithm_kwargs=[10]), "'algorithm_kwargs' must be a mapping"),
+        (lambda d: d.update(algorithm_kwargs={"seq_len": 8}), "'algorithm_kwargs' cannot set \\['seq_len'\\]"),
     ],
 )
 def test_each_validation_error_has_one_clear_message(mutate, message):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -107,3 +108,18 @@ def test_continual_plugins_run_through_a_curriculum(tmp_path, plugin):
     # the plugin's loss joined training once the first task had ended
     assert "train/auxiliary_loss" in events.Tags()["scalars"]
     assert all(np.isfinite(e.value) for e in events.Scalars("train/auxiliary_loss"))
+
+
+@pytest.mark.parametrize("core", ["sparc", "lstm"])
+def test_curriculum_algorithm_settings_override_the_agents_in_runs_and_references(tmp_path, core):
+    curriculum = dataclasses.replace(tiny_curriculum(), algorithm_kwargs={"n_epochs": 3})
+    agent = tiny_agent(core)
+    assert agent.algorithm_kwargs["n_epochs"] == 2
+    runner = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "run", reference=True, progress=False)
+    runner.run()
+    assert runner.model is not None and runner.model.n_epochs == 3
+    assert runner.model.batch_size == agent.algorithm_kwargs["batch_size"]  # what the curriculum leaves alone
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["curriculum"]["algorithm_kwargs"] == {"n_epochs": 3}
+    cached = [json.loads(p.read_text()) for p in (tmp_path / ".reference-cache").glob("*.json")]
+    assert cached and all(entry["key"]["algorithm_kwargs"] == {"n_epochs": 3} for entry in cached)
