@@ -80,11 +80,21 @@ class RecurrentCore(nn.Module):
         :return: outputs ``(time, batch, hidden_size)`` and the final state
         """
         keep = (1.0 - episode_starts).unsqueeze(-1)
+        inputs = self.input_part(x)
         outputs = []
         for t in range(x.shape[0]):
-            out, state = self.step(x[t], state * keep[t])
+            out, state = self.step_from_input_part(inputs[t], state * keep[t])
             outputs.append(out)
         return th.stack(outputs), state
+
+    def input_part(self, x: th.Tensor) -> th.Tensor:
+        """What a step computes from its input alone, for a whole sequence at once (one matmul
+        instead of one per step); the identity unless a core overrides it."""
+        return x
+
+    def step_from_input_part(self, inputs: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        """:meth:`step` given :meth:`input_part` of its input."""
+        return self.step(inputs, state)
 
     def read_memory(self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor) -> MemoryReadout | None:
         """What the frozen memory returns along these sequences (``None`` without filled memory).
@@ -116,26 +126,15 @@ class LSTMCore(RecurrentCore):
         h, c = self.cell(x, (state[:, : self.hidden_size], state[:, self.hidden_size :]))
         return h, th.cat([h, c], dim=1)
 
-    def unroll(
-        self,
-        x: th.Tensor,
-        state: th.Tensor,
-        episode_starts: th.Tensor,
-        readout: MemoryReadout | None = None,
-    ) -> tuple[th.Tensor, th.Tensor]:
-        # the input half of every gate for all steps in one matmul; only the recurrent half loops
-        input_gates = F.linear(x, self.cell.weight_ih, self.cell.bias_ih)
-        keep = (1.0 - episode_starts).unsqueeze(-1)
+    def input_part(self, x: th.Tensor) -> th.Tensor:
+        return F.linear(x, self.cell.weight_ih, self.cell.bias_ih)
+
+    def step_from_input_part(self, inputs: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         h, c = state[:, : self.hidden_size], state[:, self.hidden_size :]
-        outputs = []
-        for t in range(x.shape[0]):
-            h, c = h * keep[t], c * keep[t]
-            gates = input_gates[t] + F.linear(h, self.cell.weight_hh, self.cell.bias_hh)
-            i, f, g, o = gates.chunk(4, dim=-1)
-            c = th.sigmoid(f) * c + th.sigmoid(i) * th.tanh(g)
-            h = th.sigmoid(o) * th.tanh(c)
-            outputs.append(h)
-        return th.stack(outputs), th.cat([h, c], dim=1)
+        i, f, g, o = (inputs + F.linear(h, self.cell.weight_hh, self.cell.bias_hh)).chunk(4, dim=-1)
+        c = th.sigmoid(f) * c + th.sigmoid(i) * th.tanh(g)
+        h = th.sigmoid(o) * th.tanh(c)
+        return h, th.cat([h, c], dim=1)
 
 
 class GRUCore(RecurrentCore):
@@ -150,23 +149,12 @@ class GRUCore(RecurrentCore):
         h = self.cell(x, state)
         return h, h
 
-    def unroll(
-        self,
-        x: th.Tensor,
-        state: th.Tensor,
-        episode_starts: th.Tensor,
-        readout: MemoryReadout | None = None,
-    ) -> tuple[th.Tensor, th.Tensor]:
-        # the input half of every gate for all steps in one matmul; only the recurrent half loops
-        input_gates = F.linear(x, self.cell.weight_ih, self.cell.bias_ih)
-        keep = (1.0 - episode_starts).unsqueeze(-1)
-        h = state
-        outputs = []
-        for t in range(x.shape[0]):
-            h = h * keep[t]
-            h = _gru_update(input_gates[t], F.linear(h, self.cell.weight_hh, self.cell.bias_hh), h)
-            outputs.append(h)
-        return th.stack(outputs), h
+    def input_part(self, x: th.Tensor) -> th.Tensor:
+        return F.linear(x, self.cell.weight_ih, self.cell.bias_ih)
+
+    def step_from_input_part(self, inputs: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        h = _gru_update(inputs, F.linear(state, self.cell.weight_hh, self.cell.bias_hh), state)
+        return h, h
 
 
 def _gru_update(input_gates: th.Tensor, hidden_gates: th.Tensor, hidden: th.Tensor) -> th.Tensor:
