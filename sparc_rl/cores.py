@@ -229,6 +229,8 @@ class SparcCore(RecurrentCore):
     n_filled: th.Tensor
     n_consolidations: th.Tensor
     INITIAL_GATE_LOGIT = 2.0
+    #: spread of the plastic output after :meth:`restart_output` (the output norm's learned scale)
+    RESTART_OUTPUT_SCALE = 0.1
 
     def __init__(
         self,
@@ -550,6 +552,16 @@ class SparcCore(RecurrentCore):
         self.slot_usage[a] += self.slot_usage[b]
         self.gate_logits[a] = share * self.gate_logits[a] + (1 - share) * self.gate_logits[b]
         return b
+
+    @th.no_grad()
+    def restart_output(self, readout_weight: th.Tensor, readout_bias: th.Tensor) -> None:
+        """Point the plastic path's output where a frozen linear read-out of it (``weight @ out + bias``)
+        gives zero, with a small spread: the next task starts from uniform action logits and a zero
+        value, as with SB3's freshly initialised heads, instead of leaning towards the last skill's
+        actions through the bias its output norm learned (measured on minigrid-skills, seed 0: that bias
+        kept the policy from ever finding lava-gap's goal after the empty room)."""
+        self.output_norm.weight.fill_(self.RESTART_OUTPUT_SCALE)
+        self.output_norm.bias.copy_(-th.linalg.pinv(readout_weight) @ readout_bias)
 
     def _stabilize(self) -> None:
         """Restore plasticity for the next task: shrink-and-perturb the plastic GRU."""

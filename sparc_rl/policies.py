@@ -12,7 +12,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sparc_rl.cores import MemoryReadout, RecurrentCore, make_core
+from sparc_rl.cores import MemoryReadout, RecurrentCore, SparcCore, make_core
 from sparc_rl.errors import ConfigError
 
 
@@ -304,6 +304,10 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         if self.protect_on_consolidate and self.core_name == "sparc":
             self.shared_protected.fill_(True)
             self._apply_protection()
+            if not self.net_arch:  # the frozen heads read the cores directly
+                for core, head in ((self.actor_core, self.action_net), (self.critic_core, self.value_net)):
+                    assert isinstance(core, SparcCore) and isinstance(head, nn.Linear)
+                    core.restart_output(head.weight, head.bias)
 
     def _apply_protection(self) -> None:
         if bool(self.shared_protected):

@@ -238,3 +238,28 @@ def test_end_task_consolidates_only_a_learned_skill():
     model.consolidation_threshold = None
     model.ep_success_buffer.extend([False] * 20)
     assert model.end_task() and int(model.policy.actor_core.n_filled) == 2
+
+
+def test_after_consolidating_a_new_task_starts_from_uniform_actions_and_zero_value():
+    """The frozen heads must not carry the last skill's lean into the next task's exploration."""
+    model = small_model("sparc", n_slots=0)  # no memory: the plastic path alone drives the heads
+    model.learn(64)
+    with th.no_grad():  # a strong lean learned on the last task
+        model.policy.action_net.bias.copy_(th.tensor([3.0, -3.0]))
+        model.policy.value_net.bias.fill_(5.0)
+    obs = th.as_tensor(masked_cartpole(4, seed=5).reset(), dtype=th.float32)
+    state = th.zeros(4, model.policy.state_size)
+    starts = th.ones(1, 4)
+
+    def logits_and_values() -> tuple[th.Tensor, th.Tensor]:
+        with th.no_grad():
+            logits = model.policy.action_logits_sequences(obs, state, starts)
+            values = model.policy.predict_values_step(obs, state, starts[0])
+        return logits, values
+
+    logits, values = logits_and_values()
+    assert (logits[:, 0] - logits[:, 1]).min() > 5.0 and values.min() > 4.0  # the lean, before
+    model.consolidate()
+    logits, values = logits_and_values()
+    assert (logits[:, 0] - logits[:, 1]).abs().max() < 0.5
+    assert values.abs().max() < 0.5
