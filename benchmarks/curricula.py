@@ -6,12 +6,17 @@
    of an earlier season's success from the end of its own stage to any later stage (target: >= 0.5).
 
     python benchmarks/curricula.py --jobs 2 --out benchmarks/results/curricula.md
+
+``--references BENCH_DIR`` adds more seeds without training: the single-task reference runs a
+``sparc-rl bench`` folder cached (the `sparc` preset alone on each task, per seed), for the tasks of
+the curricula given.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import multiprocessing
 import os
 import platform
@@ -83,6 +88,52 @@ def interference(job: tuple[str, int, str, int]) -> dict:
     }
 
 
+def reference_lines(curriculum_name: str, bench_dir: Path) -> list[str]:
+    """A table of the cached single-task reference curves of a bench folder for this curriculum's tasks."""
+    curriculum = load_curriculum(curriculum_name)
+    wanted = {
+        json.dumps({k: v for k, v in task.items() if k != "name"}, sort_keys=True): task["name"]
+        for task in curriculum.to_dict()["tasks"]
+    }
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
+    for path in sorted((bench_dir / "runs" / ".reference-cache").glob("*.json")):
+        entry = json.loads(path.read_text())
+        key = entry["key"]
+        name = wanted.get(json.dumps(key["task"], sort_keys=True))
+        if name is None or key.get("algorithm_kwargs", {}) != curriculum.algorithm_kwargs:
+            continue
+        curves.setdefault(name, {})[key["seed"]] = [tuple(point) for point in entry["curve"]]
+    if not curves:
+        return []
+    seeds = sorted({seed for by_seed in curves.values() for seed in by_seed})
+    lines = [
+        "",
+        f"## More seeds: `{bench_dir}` single-task references ({curriculum.name})",
+        "",
+        "The `sparc` preset trained alone on each task by `sparc-rl bench` for forward transfer (its own",
+        "environment seeds and evaluation episodes); success at each evaluation of the budget:",
+        "",
+        "| task | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
+        "|---" * (len(seeds) + 1) + "|",
+    ]
+    reached = total = 0
+    for name in (task.name for task in curriculum.tasks):
+        if name not in curves:
+            continue
+        cells = []
+        for seed in seeds:
+            curve = curves[name].get(seed)
+            if curve is None:
+                cells.append("-")
+                continue
+            total += 1
+            reached += any(score >= 0.9 for _, score in curve)
+            cells.append(" ".join(f"{score:.1f}" for _, score in curve))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"{reached} of {total} task-seed pairs reach 0.9 within the budget."]
+    return lines
+
+
 def run(job: tuple[str, int, str, int]) -> dict:
     return interference(job) if job[1] < 0 else single_task(job)
 
@@ -95,6 +146,7 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/bench-curricula")
     parser.add_argument("--out", default="benchmarks/results/curricula.md")
     parser.add_argument("--skip-interference", action="store_true", help="only the single-task runs")
+    parser.add_argument("--references", type=Path, help="a sparc-rl bench --out folder whose references to add")
     args = parser.parse_args()
     names = args.curricula.split(",")
     jobs = [] if args.skip_interference else [("garden-seasons", -1, args.runs, args.seed)]  # the longest first
@@ -115,6 +167,7 @@ def main() -> None:
         f"{platform.platform()}, torch {torch.__version__}, {args.jobs} runs in parallel, 1 torch thread each. "
         f"Command: `python benchmarks/curricula.py --jobs {args.jobs} --seed {args.seed} --curricula {args.curricula}"
         + (" --skip-interference" if args.skip_interference else "")
+        + (f" --references {args.references}" if args.references else "")
         + "`.",
         "",
         "## Each task alone (SparcPPO, `sparc` preset, its curriculum budget, seed "
@@ -145,6 +198,9 @@ def main() -> None:
                 for t, row in zip(r["tasks"], r["matrix"], strict=True)
             ]
             lines += ["", f"Largest drop of an earlier season: **{r['drops'][worst]:.2f}** ({worst}) (target >= 0.5)."]
+    if args.references:
+        for name in names:
+            lines += reference_lines(name, args.references)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
