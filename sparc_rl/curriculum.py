@@ -208,6 +208,8 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
         )
     names = [task.name for task in tasks]
     duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: task names must be unique, repeated: {duplicates}.")
     algorithm_kwargs = data.get("algorithm_kwargs") or {}
     if not isinstance(algorithm_kwargs, dict):
         raise ConfigError(f"{where}: 'algorithm_kwargs' must be a mapping, got {algorithm_kwargs!r}.")
@@ -217,8 +219,6 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
             f"{where}: 'algorithm_kwargs' cannot set {unknown}; a curriculum may set "
             f"{sorted(CURRICULUM_ALGORITHM_KEYS)} (other settings belong in the agent file)."
         )
-    if duplicates:
-        raise ConfigError(f"{where}: task names must be unique, repeated: {duplicates}.")
     return Curriculum(
         name=str(data["name"]),
         tasks=tuple(tasks),
