@@ -37,6 +37,14 @@ class BenchJob:
     reference_task: int | None = None
 
 
+def _start_early(agent: str) -> bool:
+    """Whether an agent's runs should start right after the references: the external RecurrentPPO
+    (its training unrolls sequences step by step) and agents with plugins take the longest per env
+    step, and a slow run started last would leave the other cores idle at the end of the bench."""
+    spec = load_agent(agent)
+    return spec.algorithm != "sparc-ppo" or bool(spec.plugins)
+
+
 def _run_job(job: BenchJob) -> dict[str, Any]:
     """One agent x seed; a failure is reported in the results instead of losing the other runs."""
     try:
@@ -175,7 +183,7 @@ def run_bench(
             run_dir=str(out_dir / "runs" / f"{Path(agent).stem}-seed{seed}"),
             **common,  # type: ignore[arg-type]
         )
-        for agent in agents
+        for agent in sorted(agents, key=_start_early, reverse=True)
         for seed in range(seeds)
     ]
     for job in work:

@@ -99,6 +99,10 @@ class BehaviourCloning(ContinualPlugin):
     """Rehearsal in the style of ClonEx / CLEAR: store old-task observations with the policy's
     outputs at the end of that task, and distil them into the current policy.
 
+    Each PPO minibatch is joined by a replay minibatch of as many stored chunks, drawn uniformly from
+    every finished task (as CLEAR samples its replay buffer), so rehearsal costs the same per update
+    however many tasks came before.
+
     :param strength: weight of the distillation loss
     :param chunks_per_task: sequence chunks kept from each finished task
     """
@@ -106,23 +110,38 @@ class BehaviourCloning(ContinualPlugin):
     def __init__(self, strength: float = 1.0, chunks_per_task: int = 64) -> None:
         self.strength = strength
         self.chunks_per_task = chunks_per_task
-        self.memory: list[tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor]] = []
+        # time-major (seq_len, chunks, ...) observations, starts and teacher logits; states (chunks, S)
+        self.memory: tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor] | None = None
 
     def on_task_end(self, model: SparcPPO, task: str) -> None:
         policy = model.policy
-        batch = next(model.rollout_buffer.get_sequences(self.chunks_per_task * model.seq_len, model.seq_len))
+        seq_len = model.seq_len
+        batch = next(model.rollout_buffer.get_sequences(self.chunks_per_task * seq_len, seq_len))
         with th.no_grad():
             logits = policy.action_logits_sequences(batch.observations, batch.states, batch.episode_starts)
-        self.memory.append((batch.observations, batch.states, batch.episode_starts, logits))
+        n_chunks = batch.states.shape[0]
+        observations = batch.observations.reshape(seq_len, n_chunks, *batch.observations.shape[1:])
+        teacher = logits.reshape(seq_len, n_chunks, *logits.shape[1:])
+        starts, states = batch.episode_starts, batch.states
+        if self.memory is not None:
+            old_observations, old_starts, old_teacher, old_states = self.memory
+            observations = th.cat([old_observations, observations], dim=1)
+            starts = th.cat([old_starts, starts], dim=1)
+            teacher = th.cat([old_teacher, teacher], dim=1)
+            states = th.cat([old_states, states])
+        self.memory = (observations, starts, teacher, states)
 
     def auxiliary_loss(self, model: SparcPPO, batch: SequenceBatch) -> th.Tensor | None:
-        if not self.memory:
+        if self.memory is None:
             return None
-        losses = []
-        for observations, states, starts, teacher in self.memory:
-            student = model.policy.action_logits_sequences(observations, states, starts)
-            losses.append(distillation_loss(student, teacher))
-        return self.strength * th.stack(losses).mean()
+        observations, starts, teacher, states = self.memory
+        picked = th.randint(states.shape[0], (batch.states.shape[0],), device=states.device)
+
+        def flat(tensor: th.Tensor) -> th.Tensor:
+            return tensor[:, picked].reshape(-1, *tensor.shape[2:])
+
+        student = model.policy.action_logits_sequences(flat(observations), states[picked], starts[:, picked])
+        return self.strength * distillation_loss(student, flat(teacher))
 
 
 def rollout_novelty(features: th.Tensor, segment_mean: th.Tensor, segment_var: th.Tensor) -> float:

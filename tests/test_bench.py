@@ -153,3 +153,10 @@ def test_a_bench_folder_holding_other_runs_is_refused_before_training(tmp_path, 
     assert main([*common, "--eval-episodes", "3"]) == 2
     assert "holds a different run" in capsys.readouterr().err
     assert (out / "results.json").read_text() == results
+
+
+def test_slow_agents_start_first_so_no_core_idles_at_the_end():
+    from sparc_rl.bench import _start_early
+
+    assert _start_early("recurrent-ppo") and _start_early("lstm-clone")
+    assert not _start_early("sparc") and not _start_early("lstm")

@@ -173,6 +173,29 @@ def test_plugins_hooks_and_auxiliary_loss_are_called():
     assert recorder.aux_calls == 2  # 2 epochs x 1 minibatch per rollout
 
 
+def test_behaviour_cloning_replays_a_minibatch_sized_sample_of_every_finished_task():
+    from sparc_rl.buffers import SequenceBatch
+    from sparc_rl.plugins import BehaviourCloning
+
+    cloning = BehaviourCloning(chunks_per_task=3)
+    model = SparcPPO("MlpSparcPolicy", masked_cartpole(), plugins=[cloning], seed=0, **SMALL)
+    model.start_task("a")
+    model.learn(64)
+    model.end_task()
+    batch = next(model.rollout_buffer.get_sequences(32, 16))
+    assert isinstance(batch, SequenceBatch) and batch.states.shape[0] == 2
+    with th.no_grad():  # the teacher is the policy itself: nothing to distil yet
+        assert float(cloning.auxiliary_loss(model, batch)) == pytest.approx(0.0, abs=1e-6)
+        model.policy.action_net.bias.add_(th.tensor([2.0, -2.0]))
+        assert float(cloning.auxiliary_loss(model, batch)) > 0.1
+    model.start_task("b")
+    model.learn(64)
+    model.end_task()
+    assert cloning.memory is not None
+    observations, starts, teacher, states = cloning.memory
+    assert states.shape[0] == 6 and observations.shape[:2] == starts.shape == teacher.shape[:2] == (16, 6)
+
+
 class _ShiftedObservations:
     """Env factory: observations are noise around ``centre``; reward for action 1."""
 
@@ -240,16 +263,16 @@ def test_end_task_consolidates_only_a_learned_skill():
     assert model.end_task() and int(model.policy.actor_core.n_filled) == 2
 
 
-def test_after_consolidating_a_new_task_starts_from_uniform_actions_and_zero_value():
+def test_after_consolidating_a_new_task_starts_without_the_last_skills_lean():
     """The frozen heads must not carry the last skill's lean into the next task's exploration."""
     model = small_model("sparc", n_slots=0)  # no memory: the plastic path alone drives the heads
     model.learn(64)
     with th.no_grad():  # a strong lean learned on the last task
         model.policy.action_net.bias.copy_(th.tensor([3.0, -3.0]))
         model.policy.value_net.bias.fill_(5.0)
-    obs = th.as_tensor(masked_cartpole(4, seed=5).reset(), dtype=th.float32)
-    state = th.zeros(4, model.policy.state_size)
-    starts = th.ones(1, 4)
+    obs = th.as_tensor(masked_cartpole(64, seed=5).reset(), dtype=th.float32)
+    state = th.zeros(64, model.policy.state_size)
+    starts = th.ones(1, 64)
 
     def logits_and_values() -> tuple[th.Tensor, th.Tensor]:
         with th.no_grad():
@@ -261,5 +284,10 @@ def test_after_consolidating_a_new_task_starts_from_uniform_actions_and_zero_val
     assert (logits[:, 0] - logits[:, 1]).min() > 5.0 and values.min() > 4.0  # the lean, before
     model.consolidate()
     logits, values = logits_and_values()
+    # the heads read zero at the centre of the restarted output; single states keep a fresh head's spread
+    core = model.policy.actor_core
+    assert th.allclose(model.policy.action_net(core.output_norm.bias), th.zeros(2), atol=1e-5)
+    assert th.allclose(model.policy.value_net(model.policy.critic_core.output_norm.bias), th.zeros(1), atol=1e-5)
+    assert th.all(core.output_norm.weight == 1.0)
     assert (logits[:, 0] - logits[:, 1]).abs().max() < 0.5
-    assert values.abs().max() < 0.5
+    assert values.abs().max() < 2.0
