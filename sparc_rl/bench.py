@@ -37,12 +37,12 @@ class BenchJob:
     reference_task: int | None = None
 
 
-def _start_early(agent: str) -> bool:
-    """Whether an agent's runs should start right after the references: the external RecurrentPPO
-    (its training unrolls sequences step by step) and agents with plugins take the longest per env
-    step, and a slow run started last would leave the other cores idle at the end of the bench."""
+def _start_early(agent: str) -> tuple[bool, bool]:
+    """Sort key that starts the slowest runs right after the references, the slowest first: the
+    external RecurrentPPO (its training unrolls padded sequences step by step), then agents with
+    plugins (rehearsal, EWC). A slow run started last would leave the other cores idle at the end."""
     spec = load_agent(agent)
-    return spec.algorithm != "sparc-ppo" or bool(spec.plugins)
+    return spec.algorithm != "sparc-ppo", bool(spec.plugins)
 
 
 def _run_job(job: BenchJob) -> dict[str, Any]:

@@ -158,5 +158,5 @@ def test_a_bench_folder_holding_other_runs_is_refused_before_training(tmp_path, 
 def test_slow_agents_start_first_so_no_core_idles_at_the_end():
     from sparc_rl.bench import _start_early
 
-    assert _start_early("recurrent-ppo") and _start_early("lstm-clone")
-    assert not _start_early("sparc") and not _start_early("lstm")
+    agents = ["sparc", "lstm", "lstm-clone", "recurrent-ppo"]
+    assert sorted(agents, key=_start_early, reverse=True) == ["recurrent-ppo", "lstm-clone", "sparc", "lstm"]
