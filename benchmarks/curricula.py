@@ -91,10 +91,9 @@ def interference(job: tuple[str, int, str, int]) -> dict:
 def reference_lines(curriculum_name: str, bench_dir: Path) -> list[str]:
     """A table of the cached single-task reference curves of a bench folder for this curriculum's tasks."""
     curriculum = load_curriculum(curriculum_name)
-    wanted = {
-        json.dumps({k: v for k, v in task.items() if k != "name"}, sort_keys=True): task["name"]
-        for task in curriculum.to_dict()["tasks"]
-    }
+    wanted: dict[str, str] = {}
+    for task in curriculum.to_dict()["tasks"]:  # a task that returns is named by its first stage
+        wanted.setdefault(json.dumps({k: v for k, v in task.items() if k != "name"}, sort_keys=True), task["name"])
     curves: dict[str, dict[int, list[tuple[int, float]]]] = {}
     for path in sorted((bench_dir / "runs" / ".reference-cache").glob("*.json")):
         entry = json.loads(path.read_text())
