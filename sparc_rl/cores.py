@@ -476,12 +476,12 @@ class SparcCore(RecurrentCore):
     def consolidate(self, features: th.Tensor, episode_starts: th.Tensor) -> None:
         self.n_consolidations += 1
         if self.n_slots == 0:
-            self._stabilize()
+            self.restore_plasticity()
             return
         if self.write_only_novel and float(self.familiarity(features, episode_starts).mean()) >= 0.5:
             # Memory served this task: the plastic path is only a residual on top of it, not a skill
             # that could stand alone in a slot. Keep memory as it is.
-            self._stabilize()
+            self.restore_plasticity()
             return
         flat = features.reshape(-1, self.input_size)
         mean = flat.mean(0)
@@ -505,7 +505,7 @@ class SparcCore(RecurrentCore):
         self.slot_usage[slot] = 0.0
         self.gate_logits[slot] = self.INITIAL_GATE_LOGIT
         self.n_filled.fill_(max(int(self.n_filled), slot + 1))
-        self._stabilize()
+        self.restore_plasticity()
 
     def _free_slot(self) -> int:
         n = int(self.n_filled)
@@ -564,7 +564,8 @@ class SparcCore(RecurrentCore):
         self.output_norm.weight.fill_(1.0)
         self.output_norm.bias.copy_(-th.linalg.pinv(readout_weight) @ readout_bias)
 
-    def _stabilize(self) -> None:
+    @th.no_grad()
+    def restore_plasticity(self) -> None:
         """Restore plasticity for the next task: shrink-and-perturb the plastic GRU."""
         for param in self.cell.parameters():
             param.mul_(self.shrink).add_(self.perturb * th.randn_like(param))

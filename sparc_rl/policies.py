@@ -304,10 +304,26 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         if self.protect_on_consolidate and self.core_name == "sparc":
             self.shared_protected.fill_(True)
             self._apply_protection()
-            if not self.net_arch:  # the frozen heads read the cores directly
-                for core, head in ((self.actor_core, self.action_net), (self.critic_core, self.value_net)):
-                    assert isinstance(core, SparcCore) and isinstance(head, nn.Linear)
-                    core.restart_output(head.weight, head.bias)
+            self._restart_outputs()
+
+    @th.no_grad()
+    def restore_plasticity(self) -> None:
+        """Restart the SPARC cores' plastic paths as a consolidation does, without writing memory: for a
+        task that ends unlearned, so the next task does not start from its half-trained plastic path
+        (garden, seed 2: winter after an unlearned autumn stayed at 0.0 for 80k steps; 1.0 at 48k with it)."""
+        if self.core_name != "sparc":
+            return
+        for core in (self.actor_core, self.critic_core):
+            assert isinstance(core, SparcCore)
+            core.restore_plasticity()
+        if bool(self.shared_protected):
+            self._restart_outputs()
+
+    def _restart_outputs(self) -> None:
+        if not self.net_arch:  # the frozen heads read the cores directly
+            for core, head in ((self.actor_core, self.action_net), (self.critic_core, self.value_net)):
+                assert isinstance(core, SparcCore) and isinstance(head, nn.Linear)
+                core.restart_output(head.weight, head.bias)
 
     def _apply_protection(self) -> None:
         if bool(self.shared_protected):

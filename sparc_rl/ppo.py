@@ -339,13 +339,16 @@ class SparcPPO(PPO):
 
     def end_task(self, consolidate: bool = True) -> bool:
         """Close the current task: consolidate its skill into memory if it was learned (a skill that
-        was not learned would only pollute memory), then run the plugins' hooks.
+        was not learned would only pollute memory; the plastic path restarts either way), then run
+        the plugins' hooks.
 
         :return: whether the skill was consolidated
         """
         consolidated = consolidate and self.skill_learned()
         if consolidated:
             self.consolidate()
+        elif consolidate:
+            self.policy.restore_plasticity()
         for plugin in self.plugins:
             plugin.on_task_end(self, self.current_task or "")
         return consolidated

@@ -255,7 +255,10 @@ def test_end_task_consolidates_only_a_learned_skill():
     model.learn(64)
     model.ep_success_buffer.clear()
     model.ep_success_buffer.extend([False] * 9 + [True])
+    plastic = model.policy.actor_core.cell.weight_hh.clone()
     assert not model.end_task() and int(model.policy.actor_core.n_filled) == 0
+    # nothing written, but the next task does not start from the unlearned task's plastic path
+    assert not th.allclose(model.policy.actor_core.cell.weight_hh, plastic)
     model.ep_success_buffer.extend([True] * 10)
     assert model.end_task() and int(model.policy.actor_core.n_filled) == 1
     model.consolidation_threshold = None
