@@ -154,8 +154,9 @@ def rollout_novelty(features: th.Tensor, segment_mean: th.Tensor, segment_var: t
 class NoveltyBoundaryDetector(ContinualPlugin):
     """The *detect* stage for hidden boundaries: when a rollout's features are much less likely
     under the running statistics of the current segment than the segment's own rollouts were, the
-    skill learned so far is consolidated (from the previous rollout, which still belongs to the old
-    task) before training on the new data.
+    old task's skill is closed as an announced boundary closes it (:meth:`SparcPPO.close_skill`:
+    written into memory from the previous rollout, which still belongs to the old task, if it was
+    learned; the plastic path restarts either way) before training on the new data.
 
     :param threshold: rise of :func:`rollout_novelty` over the segment's running baseline, in nats per
         input dimension, that counts as a new task
@@ -198,8 +199,7 @@ class NoveltyBoundaryDetector(ContinualPlugin):
             and novelty - self.baseline > self.threshold
         ):
             self.detected += 1
-            if model.skill_learned():
-                model.policy.consolidate(previous[0], previous[1])
+            model.close_skill(previous)
             self.segment, self.rollouts_in_segment = None, 0
         m = self.momentum
         if self.segment is None:

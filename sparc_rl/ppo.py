@@ -344,24 +344,36 @@ class SparcPPO(PPO):
 
         :return: whether the skill was consolidated
         """
-        consolidated = consolidate and self.skill_learned()
-        if consolidated:
-            self.consolidate()
-        elif consolidate:
-            self.policy.restore_plasticity()
+        consolidated = consolidate and self.close_skill()
         for plugin in self.plugins:
             plugin.on_task_end(self, self.current_task or "")
         return consolidated
 
+    def close_skill(self, rollout: tuple[th.Tensor, th.Tensor] | None = None) -> bool:
+        """The *consolidate* and *stabilize* stages, for announced and detected boundaries alike: write
+        the skill into memory if it was learned, and restart the plastic path either way.
+
+        :param rollout: time-major observations and episode starts of the skill's task (default: the
+            last collected rollout)
+        :return: whether the skill was written
+        """
+        learned = self.skill_learned()
+        if learned:
+            self.policy.consolidate(*(rollout or self._last_rollout()))
+        else:
+            self.policy.restore_plasticity()
+        return learned
+
     def consolidate(self) -> None:
         """Write the skill of the last rollout's task into a protected memory slot, then restore
         plasticity (shrink-and-perturb of the plastic path). Needs at least one collected rollout."""
+        self.policy.consolidate(*self._last_rollout())
+
+    def _last_rollout(self) -> tuple[th.Tensor, th.Tensor]:
         buffer = self.rollout_buffer
         if not buffer.full:
             raise RuntimeError("consolidate() needs a collected rollout of the current task: call learn() first.")
-        obs = buffer.time_major_tensor(buffer.observations)
-        starts = buffer.to_torch(buffer.episode_starts)
-        self.policy.consolidate(obs, starts)
+        return buffer.time_major_tensor(buffer.observations), buffer.to_torch(buffer.episode_starts)
 
     def learn(  # type: ignore[override]
         self: SelfSparcPPO,

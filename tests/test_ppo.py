@@ -250,6 +250,30 @@ def test_novelty_detector_consolidates_once_when_hidden_task_changes():
     assert float(model.policy.actor_core.key_mean[0, :3].abs().max()) < 1.0
 
 
+def test_novelty_detector_closes_an_unlearned_skill_as_end_task_does(monkeypatch):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from sparc_rl.plugins import NoveltyBoundaryDetector
+
+    detector = NoveltyBoundaryDetector(min_rollouts=3)
+    model = SparcPPO(
+        "MlpSparcPolicy",
+        DummyVecEnv([_ShiftedObservations(0.0)] * 2),
+        plugins=[detector],
+        seed=0,
+        policy_kwargs=dict(hidden_size=16, n_slots=4),
+        **SMALL,
+    )
+    model.learn(64 * 6)
+    model.ep_success_buffer.extend([False] * 10)  # the old task ends unlearned
+    restarts = []
+    restore = model.policy.restore_plasticity
+    monkeypatch.setattr(model.policy, "restore_plasticity", lambda: restarts.append(1) or restore())
+    model.set_env(DummyVecEnv([_ShiftedObservations(5.0)] * 2))
+    model.learn(64 * 6, reset_num_timesteps=False)
+    assert detector.detected == 1 and int(model.policy.actor_core.n_filled) == 0 and len(restarts) == 1
+
+
 def test_end_task_consolidates_only_a_learned_skill():
     model = small_model("sparc", n_slots=2, core_kwargs={"write_only_novel": False})
     model.learn(64)
