@@ -12,7 +12,6 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from sparc_rl.config import builtin_names, check_keys, read_yaml_mapping, resolve_file
-from sparc_rl.envs.wrappers import PreviousActionRewardObservation
 from sparc_rl.errors import ConfigError
 from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
 from sparc_rl.policies import MinigridCNN
@@ -120,12 +119,6 @@ class AgentSpec:
             )
         from sparc_rl.ppo import SparcPPO
 
-        if (
-            policy == "MlpSparcPolicy"
-            and policy_kwargs.get("core", "sparc") == "sparc"
-            and all(env.env_is_wrapped(PreviousActionRewardObservation))
-        ):  # the flat features end with the previous reward: SPARC keeps separate evidence on it
-            policy_kwargs["core_kwargs"] = {"feedback_size": 1, **policy_kwargs.get("core_kwargs", {})}
         plugins = [PLUGINS[name](**kwargs) for name, kwargs in self.plugins]
         detects = any(isinstance(plugin, NoveltyBoundaryDetector) for plugin in plugins)
         if hidden_boundaries and self.consolidate and policy_kwargs.get("core", "sparc") == "sparc" and not detects:

@@ -25,8 +25,8 @@ class MemoryReadout:
     attention: th.Tensor  # (time, batch, n_filled)
     familiarity: th.Tensor  # (time, batch, 1)
     final_slots: th.Tensor  # (batch, n_filled, hidden)
-    final_evidence: th.Tensor  # (batch, n_filled, evidence channels)
-    final_weight: th.Tensor  # (batch, evidence channels)
+    final_evidence: th.Tensor  # (batch, n_filled)
+    final_weight: th.Tensor  # (batch, 1)
 
     def select(self, index: th.Tensor) -> MemoryReadout:
         """The read-out of the sequences ``index`` (along the batch dimension)."""
@@ -184,34 +184,23 @@ class SparcCore(RecurrentCore):
       learned per-unit part. Familiarity compares the evidence with the spread the key showed on its
       own task (``z = (evidence - own median) / (own 95th percentile - own median)``, so 0 is typical
       and 1 unusual for that task): ``f_t = sigmoid((familiarity_threshold - z) / familiarity_temperature)``.
-      Familiar contexts lean on memory, novel ones on the plastic path. With ``feedback_size``, the
-      feedback inputs (the previous reward) keep evidence and a calibration of their own, and a context
-      is familiar only while both what the agent sees and the feedback it gets are typical for the key:
-      one surprising reward is a few nats among hundreds of view dimensions, and would otherwise pass
-      unnoticed where the world looks the same but the rules changed. The learned part belongs to
+      Familiar contexts lean on memory, novel ones on the plastic path. The learned part belongs to
       each slot (per-unit logits, read with the same attention as the slots) and only gets gradient
       where a context is familiar: training on a novel task cannot teach the gate to ignore memory, and
       a task that looks like an old one but needs other behaviour lowers only that slot's gate.
 
     Keys, calibration and slots are buffers: nothing that decides what memory returns is trained.
 
-    State layout: ``[plastic h (H) | slot h (n_slots * H) | evidence (n_slots * C) | evidence weight (C)]``,
-    with ``C = 1`` evidence channel for all inputs and, with ``feedback_size``, a second for the feedback
-    inputs (which skips an episode's first step: there is no feedback before the first action).
+    State layout: ``[plastic h (H) | slot h (n_slots * H) | evidence (n_slots) | evidence weight (1)]``.
 
     :param input_size: feature size
     :param hidden_size: output size ``H``
     :param n_slots: memory budget ``K`` (0 disables memory: the ``sparc-no-memory`` ablation)
     :param use_gate: ``False`` mixes memory and plastic path half and half whenever a slot exists
         (the ``sparc-no-gate`` ablation)
-    :param evidence_rate: rate of the running average of each key's negative log-likelihood. A slow
-        average keeps a surprise in view for tens of steps: when autumn's wrong-plant penalty shows
-        that a spring-looking garden is not spring, the context stays novel long enough for the
-        plastic path to act on it (garden seed 0, spring then autumn: autumn 0.2 at rate 0.2, 0.9 at 0.05)
-    :param min_variance: floor on a key's variance per input dimension. A one-hot view cell that never
-        changed while a skill was learned may still change now and then: at a floor of 1e-3 one such
-        change cost some 500 nats, and a broad key (autumn's, keyed on the varied contexts after the
-        telling feedback) out-scored spring's own key on 73% of spring's steps (garden, seed 0); 16% at 0.05
+    :param evidence_rate: rate of the running average of each key's negative log-likelihood
+    :param min_variance: floor on a key's variance per input dimension (a dimension that never
+        moved on a task makes any change in it strong evidence against that task)
     :param familiarity_threshold: calibrated distance ``z`` at which familiarity is one half
     :param familiarity_temperature: softness of the familiarity
     :param router_temperature: softness of the slot attention, in nats (0: only the best key's slot is read)
@@ -224,8 +213,6 @@ class SparcCore(RecurrentCore):
         the spread of a freshly initialised GRU of hidden size 64)
     :param write_only_novel: consolidation writes a slot only when the task's contexts were mostly
         unfamiliar (memory did not already serve it)
-    :param feedback_size: how many of the last inputs are feedback (1: the previous reward appended by
-        the ``previous-action-reward`` wrapper; 0: none)
     """
 
     slot_weight_in: th.Tensor
@@ -249,8 +236,8 @@ class SparcCore(RecurrentCore):
         hidden_size: int,
         n_slots: int = 4,
         use_gate: bool = True,
-        evidence_rate: float = 0.05,
-        min_variance: float = 0.05,
+        evidence_rate: float = 0.2,
+        min_variance: float = 1e-3,
         familiarity_threshold: float = 2.0,
         familiarity_temperature: float = 0.25,
         router_temperature: float = 1.0,
@@ -258,7 +245,6 @@ class SparcCore(RecurrentCore):
         shrink: float = 0.0,
         perturb: float = 0.07,
         write_only_novel: bool = True,
-        feedback_size: int = 0,
     ) -> None:
         super().__init__(input_size, hidden_size)
         if n_slots < 0:
@@ -269,8 +255,6 @@ class SparcCore(RecurrentCore):
             raise ConfigError(f"evidence_rate must be in (0, 1], got {evidence_rate}.")
         if min_variance <= 0:
             raise ConfigError(f"min_variance must be > 0, got {min_variance}.")
-        if not 0 <= feedback_size < input_size:
-            raise ConfigError(f"feedback_size must be in [0, {input_size}), got {feedback_size}.")
         self.n_slots = n_slots
         self.use_gate = use_gate
         self.evidence_rate = evidence_rate
@@ -282,9 +266,7 @@ class SparcCore(RecurrentCore):
         self.shrink = shrink
         self.perturb = perturb
         self.write_only_novel = write_only_novel
-        self.feedback_size = feedback_size
-        self.n_channels = 2 if feedback_size else 1
-        self.state_size = hidden_size * (1 + n_slots) + (n_slots + 1) * self.n_channels
+        self.state_size = hidden_size * (1 + n_slots) + n_slots + 1
 
         self.input_norm = nn.LayerNorm(input_size)
         self.cell = nn.GRUCell(input_size, hidden_size)
@@ -302,8 +284,8 @@ class SparcCore(RecurrentCore):
         self.register_buffer("slot_output_norm", th.zeros(k, 2, h))
         self.register_buffer("key_mean", th.zeros(k, f))
         self.register_buffer("key_var", th.ones(k, f))
-        self.register_buffer("key_centre", th.zeros(k, self.n_channels))
-        self.register_buffer("key_spread", th.ones(k, self.n_channels))
+        self.register_buffer("key_centre", th.zeros(k))
+        self.register_buffer("key_spread", th.ones(k))
         self.register_buffer("key_count", th.zeros(k))
         self.register_buffer("slot_usage", th.zeros(k))
         self.register_buffer("n_filled", th.zeros((), dtype=th.long))
@@ -317,9 +299,8 @@ class SparcCore(RecurrentCore):
         h, k = self.hidden_size, self.n_slots
         plastic = state[:, :h]
         slots = state[:, h : h * (1 + k)].reshape(state.shape[0], k, h)
-        c = self.n_channels
-        evidence = state[:, h * (1 + k) : -c].reshape(state.shape[0], k, c)
-        weight = state[:, -c:]
+        evidence = state[:, h * (1 + k) : h * (1 + k) + k]
+        weight = state[:, -1:]
         return plastic, slots, evidence, weight
 
     def key_nll(self, x: th.Tensor, n: int, mean: th.Tensor | None = None, var: th.Tensor | None = None) -> th.Tensor:
@@ -332,56 +313,31 @@ class SparcCore(RecurrentCore):
         quadratic = F.linear(x.pow(2), precision) - 2 * F.linear(x, mean * precision)
         return 0.5 * (quadratic + (mean.pow(2) * precision + var.log()).sum(-1))
 
-    def evidence_nll(
-        self, x: th.Tensor, n: int, mean: th.Tensor | None = None, var: th.Tensor | None = None
-    ) -> th.Tensor:
-        """Per-step NLLs of inputs ``(..., F)`` under the first ``n`` keys (or the given ``mean`` and
-        ``var``), one channel per evidence kind: all inputs, then the feedback inputs, ``(..., n, channels)``."""
-        mean = self.key_mean[:n] if mean is None else mean
-        var = self.key_var[:n] if var is None else var
-        channels = [self.key_nll(x, n, mean, var)]
-        if self.feedback_size:
-            f = self.feedback_size
-            channels.append(self.key_nll(x[..., -f:], n, mean[:, -f:], var[:, -f:]))
-        return th.stack(channels, dim=-1)
-
     def _update_evidence(self, evidence: th.Tensor, weight: th.Tensor, nll: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """One step of the running sums: evidence ``(B, n, C)``, weights ``(B, C)``, NLLs ``(B, n, C)``."""
-        rate = th.full_like(weight, self.evidence_rate)
-        if self.feedback_size:  # an episode's first step has no feedback yet (the wrapper shows zeros)
-            rate[:, 1:] = rate[:, 1:] * (weight[:, :1] > 0)
-        step = rate.unsqueeze(1)
-        return (1 - step) * evidence + step * nll, (1 - rate) * weight + rate
-
-    @staticmethod
-    def _corrected(evidence: th.Tensor, weight: th.Tensor) -> th.Tensor:
-        """Bias-corrected averages ``(B, n, C)``; NaN in a channel that has no data yet."""
-        return evidence / weight.unsqueeze(1)
+        rate = self.evidence_rate
+        return (1 - rate) * evidence + rate * nll, (1 - rate) * weight + rate
 
     def running_evidence(self, nll: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
-        """Bias-corrected running averages of per-step NLLs ``(time, batch, n, channels)`` along
-        sequences that start fresh at every episode start."""
+        """Bias-corrected running averages of per-step NLLs ``(time, batch, n)`` along sequences that
+        start fresh at every episode start."""
         evidence = th.zeros_like(nll[0])
-        weight = th.zeros(nll.shape[1], nll.shape[-1], device=nll.device)
+        weight = th.zeros(nll.shape[1], 1, device=nll.device)
         out = []
         for t in range(nll.shape[0]):
             keep = (1.0 - episode_starts[t]).unsqueeze(-1)
-            evidence, weight = self._update_evidence(evidence * keep.unsqueeze(-1), weight * keep, nll[t])
-            out.append(self._corrected(evidence, weight))
+            evidence, weight = self._update_evidence(evidence * keep, weight * keep, nll[t])
+            out.append(evidence / weight)
         return th.stack(out)
 
     def _route(self, evidence: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """Attention over the filled slots and the familiarity ``(..., 1)``, from bias-corrected evidence
-        ``(..., n, C)``: all inputs route; every channel must be typical for the context to be familiar (a
-        channel without data yet counts as typical)."""
-        n = evidence.shape[-2]
-        overall = evidence[..., 0]
+        """Attention over the filled slots and the familiarity ``(B, 1)``, from bias-corrected evidence."""
+        n = evidence.shape[-1]
         if self.router_temperature > 0:
-            attention = th.softmax(-overall / self.router_temperature, dim=-1)
+            attention = th.softmax(-evidence / self.router_temperature, dim=-1)
         else:  # hard routing: the best key's slot alone (mixing two skills' hidden states mixes nonsense)
-            attention = F.one_hot(overall.argmin(dim=-1), n).to(evidence.dtype)
-        calibrated = th.nan_to_num((evidence - self.key_centre[:n]) / self.key_spread[:n], nan=0.0)
-        distance = (attention.unsqueeze(-1) * calibrated).sum(-2).amax(-1, keepdim=True)
+            attention = F.one_hot(evidence.argmin(dim=-1), n).to(evidence.dtype)
+        calibrated = (evidence - self.key_centre[:n]) / self.key_spread[:n]
+        distance = (attention * calibrated).sum(-1, keepdim=True)
         familiarity = th.sigmoid((self.familiarity_threshold - distance) / self.familiarity_temperature)
         return attention, familiarity
 
@@ -433,9 +389,9 @@ class SparcCore(RecurrentCore):
             return plastic_out, th.cat([plastic_new, state[:, self.hidden_size :]], dim=1)
 
         with th.no_grad():  # memory is frozen: no graph for it
-            filled, weight = self._update_evidence(evidence[:, :n], weight, self.evidence_nll(x, n))
+            filled, weight = self._update_evidence(evidence[:, :n], weight, self.key_nll(x, n))
             slot_out, slot_new = self.slot_step(x, slots[:, :n], n)
-            attention, familiarity = self._route(self._corrected(filled, weight))
+            attention, familiarity = self._route(filled / weight)
             memory = (attention.unsqueeze(-1) * slot_out).sum(1)
         out, gate = self._mix(plastic_out, memory, attention, familiarity)
 
@@ -447,9 +403,7 @@ class SparcCore(RecurrentCore):
         if n < self.n_slots:
             slot_new = th.cat([slot_new, slots[:, n:]], dim=1)
             filled = th.cat([filled, evidence[:, n:]], dim=1)
-        new_state = th.cat(
-            [plastic_new, slot_new.reshape(x.shape[0], -1), filled.reshape(x.shape[0], -1), weight], dim=1
-        )
+        new_state = th.cat([plastic_new, slot_new.reshape(x.shape[0], -1), filled, weight], dim=1)
         return out, new_state
 
     @th.no_grad()
@@ -463,12 +417,12 @@ class SparcCore(RecurrentCore):
         memories, attentions, familiarities, slot_states = [], [], [], slots[:, :n]
         # what does not depend on the recurrence, for all steps in one matmul each
         slot_inputs = self._slot_inputs(x, n)
-        nll = self.evidence_nll(x, n)
+        nll = self.key_nll(x, n)
         for t in range(x.shape[0]):
             slot_states = slot_states * keep[t].unsqueeze(-1)
-            evidence, weight = self._update_evidence(evidence * keep[t].unsqueeze(-1), weight * keep[t], nll[t])
+            evidence, weight = self._update_evidence(evidence * keep[t], weight * keep[t], nll[t])
             slot_out, slot_states = self._slot_recurrence(slot_inputs[t], slot_states, n)
-            attention, familiarity = self._route(self._corrected(evidence, weight))
+            attention, familiarity = self._route(evidence / weight)
             memories.append((attention.unsqueeze(-1) * slot_out).sum(1))
             attentions.append(attention)
             familiarities.append(familiarity)
@@ -500,17 +454,13 @@ class SparcCore(RecurrentCore):
             outputs.append(plastic_out)
         # what memory does not fill just carries its state, zeroed by any episode start on the way
         carried = keep.prod(dim=0)
-        final_slots, final_evidence = slots * carried.unsqueeze(-1), evidence * carried.unsqueeze(-1)
-        final_weight = weight * carried
+        final_slots, final_evidence, final_weight = slots * carried.unsqueeze(-1), evidence * carried, weight * carried
         if readout is not None:
             n = readout.final_slots.shape[1]
             final_slots = th.cat([readout.final_slots, final_slots[:, n:]], dim=1)
             final_evidence = th.cat([readout.final_evidence, final_evidence[:, n:]], dim=1)
             final_weight = readout.final_weight
-        batch = x.shape[1]
-        final = th.cat(
-            [plastic, final_slots.reshape(batch, -1), final_evidence.reshape(batch, -1), final_weight], dim=1
-        )
+        final = th.cat([plastic, final_slots.reshape(x.shape[1], -1), final_evidence, final_weight], dim=1)
         return th.stack(outputs), final
 
     # -- memory management ---------------------------------------------------------------------
@@ -520,7 +470,7 @@ class SparcCore(RecurrentCore):
         n = int(self.n_filled)
         if n == 0:
             return th.zeros(*features.shape[:2], 1, device=features.device)
-        return self._route(self.running_evidence(self.evidence_nll(features, n), episode_starts))[1]
+        return self._route(self.running_evidence(self.key_nll(features, n), episode_starts))[1]
 
     @th.no_grad()
     def consolidate(self, features: th.Tensor, episode_starts: th.Tensor) -> None:
@@ -528,22 +478,16 @@ class SparcCore(RecurrentCore):
         if self.n_slots == 0:
             self.restore_plasticity()
             return
-        familiar = self.familiarity(features, episode_starts).reshape(-1) >= 0.5
-        if self.write_only_novel and float(familiar.float().mean()) >= 0.5:
+        if self.write_only_novel and float(self.familiarity(features, episode_starts).mean()) >= 0.5:
             # Memory served this task: the plastic path is only a residual on top of it, not a skill
             # that could stand alone in a slot. Keep memory as it is.
             self.restore_plasticity()
             return
-        # The key describes the contexts the skill was in charge of, the ones memory did not know: a
-        # task that looks like an old one until feedback tells them apart (autumn after spring) keys
-        # its slot on what follows the telling feedback, and leaves the look-alike part to the old key.
-        in_charge = ~familiar if bool((~familiar).any()) else th.ones_like(familiar)
-        flat = features.reshape(-1, self.input_size)[in_charge]
+        flat = features.reshape(-1, self.input_size)
         mean = flat.mean(0)
         var = flat.var(0, unbiased=False).clamp_min(self.min_variance)
-        own = self.running_evidence(self.evidence_nll(features, 1, mean.unsqueeze(0), var.unsqueeze(0)), episode_starts)
-        quantiles = th.tensor([0.5, 0.95], device=own.device)
-        centre, high = th.nanquantile(own.reshape(-1, self.n_channels)[in_charge], quantiles, dim=0)
+        own = self.running_evidence(self.key_nll(features, 1, mean.unsqueeze(0), var.unsqueeze(0)), episode_starts)
+        centre, high = th.quantile(own.flatten(), th.tensor([0.5, 0.95], device=own.device))
         slot = self._free_slot()
         rows = slice(slot * 3 * self.hidden_size, (slot + 1) * 3 * self.hidden_size)
         # W (LN(x) * a + b) + c = (W * a) LN(x) + (W b + c): fold the input norm's affine into the slot
@@ -555,9 +499,8 @@ class SparcCore(RecurrentCore):
         self.slot_output_norm[slot, 1] = self.output_norm.bias
         self.key_mean[slot] = mean
         self.key_var[slot] = var
-        # a channel without data in the skill's contexts (feedback only ever at episode starts) never surprises
-        self.key_centre[slot] = centre.nan_to_num(0.0)
-        self.key_spread[slot] = (high - centre).clamp_min(1e-3).nan_to_num(float("inf"))
+        self.key_centre[slot] = centre
+        self.key_spread[slot] = (high - centre).clamp_min(1e-3)
         self.key_count[slot] = flat.shape[0]
         self.slot_usage[slot] = 0.0
         self.gate_logits[slot] = self.INITIAL_GATE_LOGIT
@@ -579,7 +522,7 @@ class SparcCore(RecurrentCore):
         of the two, widened by the gap between their centres."""
         k = self.n_slots
         # symmetric distance between keys: each key's mean scored by the other key
-        cross = self.key_nll(self.key_mean, k) - self.key_centre[:, 0]
+        cross = self.key_nll(self.key_mean, k) - self.key_centre
         distance = cross + cross.T
         distance.fill_diagonal_(float("inf"))
         a, b = divmod(int(distance.argmin()), k)

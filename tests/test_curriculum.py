@@ -100,17 +100,3 @@ def test_agent_validation():
         parse_agent({"name": "a", "polcy": "x"})
     with pytest.raises(ConfigError, match="Unknown agent 'sparcc'. Did you mean 'sparc'"):
         load_agent("sparcc")
-
-
-def test_sparc_agents_keep_feedback_evidence_where_the_env_shows_the_previous_reward():
-    from stable_baselines3.common.env_util import make_vec_env
-
-    from sparc_rl.envs.wrappers import PreviousActionRewardObservation
-
-    agent = load_agent("sparc")
-    plain = make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=2, seed=0)
-    shown = make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=2, seed=0, wrapper_class=PreviousActionRewardObservation)
-    assert agent.build(plain, seed=0).policy.actor_core.feedback_size == 0
-    model = agent.build(shown, seed=0)
-    assert model.policy.actor_core.feedback_size == 1 and model.policy.critic_core.feedback_size == 1
-    assert load_agent("lstm").build(shown, seed=0).policy.core_kwargs == {}  # only SPARC cores take it
