@@ -355,7 +355,8 @@ class SparcPPO(PPO):
 
         :param rollout: time-major observations and episode starts of the skill's task (default: the
             last collected rollout)
-        :return: whether the skill was written
+        :return: whether the skill was learned and so consolidated (a SPARC core still keeps it out of
+            memory when memory already served the task: ``write_only_novel``)
         """
         learned = self.skill_learned()
         if learned:
