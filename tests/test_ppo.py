@@ -3,6 +3,7 @@ import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sparc_rl import SparcPPO
 from sparc_rl.errors import ConfigError
@@ -227,9 +228,8 @@ class _ShiftedObservations:
         return Shifted()
 
 
-def test_novelty_detector_consolidates_once_when_hidden_task_changes():
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
+def _trained_with_detector():
+    """A SPARC model with a novelty detector, trained on the first hidden task (observations near 0)."""
     from sparc_rl.plugins import NoveltyBoundaryDetector
 
     detector = NoveltyBoundaryDetector(min_rollouts=3)
@@ -242,6 +242,11 @@ def test_novelty_detector_consolidates_once_when_hidden_task_changes():
         **SMALL,
     )
     model.learn(64 * 6)
+    return detector, model
+
+
+def test_novelty_detector_consolidates_once_when_hidden_task_changes():
+    detector, model = _trained_with_detector()
     assert detector.detected == 0 and int(model.policy.actor_core.n_filled) == 0
     model.set_env(DummyVecEnv([_ShiftedObservations(5.0)] * 2))
     model.learn(64 * 6, reset_num_timesteps=False)
@@ -251,20 +256,7 @@ def test_novelty_detector_consolidates_once_when_hidden_task_changes():
 
 
 def test_novelty_detector_closes_an_unlearned_skill_as_end_task_does(monkeypatch):
-    from stable_baselines3.common.vec_env import DummyVecEnv
-
-    from sparc_rl.plugins import NoveltyBoundaryDetector
-
-    detector = NoveltyBoundaryDetector(min_rollouts=3)
-    model = SparcPPO(
-        "MlpSparcPolicy",
-        DummyVecEnv([_ShiftedObservations(0.0)] * 2),
-        plugins=[detector],
-        seed=0,
-        policy_kwargs=dict(hidden_size=16, n_slots=4),
-        **SMALL,
-    )
-    model.learn(64 * 6)
+    detector, model = _trained_with_detector()
     model.ep_success_buffer.extend([False] * 10)  # the old task ends unlearned
     restarts = []
     restore = model.policy.restore_plasticity
