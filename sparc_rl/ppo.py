@@ -338,10 +338,11 @@ class SparcPPO(PPO):
         return float(np.mean(self.ep_success_buffer)) >= self.consolidation_threshold
 
     def end_task(self, consolidate: bool = True) -> bool:
-        """Close the current task: consolidate its skill into memory if it was learned (a skill that
-        was not learned would only pollute memory; the plastic path restarts either way), then run
-        the plugins' hooks.
+        """Close the current task with :meth:`close_skill` (a skill that was not learned would only
+        pollute memory; the plastic path restarts either way), then run the plugins' hooks.
 
+        :param consolidate: ``False`` only runs the hooks: memory and plastic path stay as they are
+            (agents that fine-tune, such as the LSTM baselines)
         :return: whether the skill was consolidated
         """
         consolidated = consolidate and self.close_skill()
