@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch as th
 
 from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import load_agent
@@ -193,7 +194,11 @@ def run_bench(
     if jobs == 1:
         results = [_run_job(job) for job in work]
     else:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        # fork keeps the imported code (fast start), but where CUDA is present a forked child of a
+        # process that has touched it fails ("CUDA error: initialization error") or hangs (both seen on
+        # an H100 machine): spawn there
+        method = "spawn" if th.cuda.is_available() else "fork"
+        with multiprocessing.get_context(method).Pool(jobs) as pool:
             results = pool.map(_run_job, work, chunksize=1)
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "error" not in r and "reference_task" not in r]
