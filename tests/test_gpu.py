@@ -47,8 +47,7 @@ def test_a_cuda_model_loads_on_cpu_and_acts_the_same(tmp_path):
     on_cpu = SparcPPO.load(tmp_path / "model.zip", device="cpu")
     obs = np.stack([model.env.observation_space.sample() for _ in range(2)])
     starts = np.ones(2, dtype=bool)
-    with th.no_grad():
-        gpu_actions, gpu_state = model.predict(obs, None, starts, deterministic=True)
-        cpu_actions, cpu_state = on_cpu.predict(obs, None, starts, deterministic=True)
+    gpu_actions, gpu_state = model.predict(obs, None, starts, deterministic=True)
+    cpu_actions, cpu_state = on_cpu.predict(obs, None, starts, deterministic=True)
     np.testing.assert_array_equal(gpu_actions, cpu_actions)
     np.testing.assert_allclose(gpu_state, cpu_state, atol=1e-4)
