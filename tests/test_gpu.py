@@ -10,13 +10,13 @@ from sparc_rl import SparcPPO
 pytestmark = pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _model(device: str) -> SparcPPO:
+def _cuda_model() -> SparcPPO:
     env = make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=2, seed=0, env_kwargs={"max_steps": 40})
     return SparcPPO(
         "MlpSparcPolicy",
         env,
         seed=0,
-        device=device,
+        device="cuda",
         n_steps=32,
         batch_size=64,
         n_epochs=2,
@@ -26,7 +26,7 @@ def _model(device: str) -> SparcPPO:
 
 
 def test_sparc_trains_consolidates_and_acts_on_cuda():
-    model = _model("cuda")
+    model = _cuda_model()
     model.learn(128)
     model.consolidate()  # memory, keys and calibration are written on the GPU
     model.learn(128, reset_num_timesteps=False)
@@ -40,7 +40,7 @@ def test_sparc_trains_consolidates_and_acts_on_cuda():
 
 
 def test_a_cuda_model_loads_on_cpu_and_acts_the_same(tmp_path):
-    model = _model("cuda")
+    model = _cuda_model()
     model.learn(128)
     model.consolidate()
     model.save(tmp_path / "model.zip")
