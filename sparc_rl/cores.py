@@ -213,13 +213,21 @@ class SparcCore(RecurrentCore):
         the spread of a freshly initialised GRU of hidden size 64)
     :param write_only_novel: consolidation writes a slot only when the task's contexts were mostly
         unfamiliar (memory did not already serve it)
+    :param readout_size: output size of the frozen linear read-out (head) the policy puts after this
+        core; with it, each task after :meth:`attach_readout` trains its own head (0: no task heads)
+    :param readout_gain: orthogonal-init gain of each task's head (SB3's: 0.01 for action logits,
+        1 for values)
     """
 
     slot_weight_in: th.Tensor
     slot_bias_in: th.Tensor
     slot_weight_hh: th.Tensor
     slot_bias_hh: th.Tensor
-    slot_output_norm: th.Tensor
+    slot_output_weight: th.Tensor
+    slot_output_bias: th.Tensor
+    readout_pinv: th.Tensor
+    readout_bias: th.Tensor
+    readout_attached: th.Tensor
     key_mean: th.Tensor
     key_var: th.Tensor
     key_centre: th.Tensor
@@ -245,6 +253,8 @@ class SparcCore(RecurrentCore):
         shrink: float = 0.0,
         perturb: float = 0.07,
         write_only_novel: bool = True,
+        readout_size: int = 0,
+        readout_gain: float = 1.0,
     ) -> None:
         super().__init__(input_size, hidden_size)
         if n_slots < 0:
@@ -266,11 +276,17 @@ class SparcCore(RecurrentCore):
         self.shrink = shrink
         self.perturb = perturb
         self.write_only_novel = write_only_novel
+        self.readout_gain = readout_gain
         self.state_size = hidden_size * (1 + n_slots) + n_slots + 1
 
         self.input_norm = nn.LayerNorm(input_size)
         self.cell = nn.GRUCell(input_size, hidden_size)
         self.output_norm = nn.LayerNorm(hidden_size)
+        # trained only once a frozen read-out is attached (until then the policy's own heads train)
+        self.task_head = nn.Linear(hidden_size, readout_size).requires_grad_(False) if readout_size else None
+        self.register_buffer("readout_pinv", th.zeros(hidden_size, readout_size))
+        self.register_buffer("readout_bias", th.zeros(readout_size))
+        self.register_buffer("readout_attached", th.zeros((), dtype=th.bool))
         # start by trusting memory where it is familiar
         self.gate_logits = nn.Parameter(th.full((n_slots, hidden_size), self.INITIAL_GATE_LOGIT))
 
@@ -281,7 +297,9 @@ class SparcCore(RecurrentCore):
         self.register_buffer("slot_bias_in", th.zeros(k * 3 * h))
         self.register_buffer("slot_weight_hh", th.zeros(k, 3 * h, h))
         self.register_buffer("slot_bias_hh", th.zeros(k, 3 * h))
-        self.register_buffer("slot_output_norm", th.zeros(k, 2, h))
+        # each slot's output map on its normalised hidden state: the plastic output map, frozen
+        self.register_buffer("slot_output_weight", th.zeros(k, h, h))
+        self.register_buffer("slot_output_bias", th.zeros(k, h))
         self.register_buffer("key_mean", th.zeros(k, f))
         self.register_buffer("key_var", th.ones(k, f))
         self.register_buffer("key_centre", th.zeros(k))
@@ -347,7 +365,23 @@ class SparcCore(RecurrentCore):
 
     def _plastic(self, normed: th.Tensor, plastic: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         new = self.cell(normed, plastic)
-        return self.output_norm(new), new
+        return self._plastic_output(new), new
+
+    def _plastic_output(self, hidden: th.Tensor) -> th.Tensor:
+        out = self.output_norm(hidden)
+        if self.task_head is not None and bool(self.readout_attached):
+            # the latent the frozen read-out maps to this task's head: W pinv(W) = I, so
+            # W (pinv(W) (U out + u - b)) + b = U out + u
+            out = (self.task_head(out) - self.readout_bias) @ self.readout_pinv.T
+        return out
+
+    def _output_affine(self) -> tuple[th.Tensor, th.Tensor]:
+        """``_plastic_output`` as one affine map on the unscaled normalised hidden state."""
+        weight, bias = th.diag(self.output_norm.weight), self.output_norm.bias
+        if self.task_head is not None and bool(self.readout_attached):
+            weight = self.readout_pinv @ self.task_head.weight @ weight
+            bias = self.readout_pinv @ (self.task_head(bias) - self.readout_bias)
+        return weight, bias
 
     def _slot_inputs(self, x: th.Tensor, n: int) -> th.Tensor:
         """Input gates of the first ``n`` slots, ``(..., n, 3H)``, from one matmul."""
@@ -359,8 +393,8 @@ class SparcCore(RecurrentCore):
     def _slot_recurrence(self, gi: th.Tensor, slots: th.Tensor, n: int) -> tuple[th.Tensor, th.Tensor]:
         gh = th.einsum("bkh,kgh->bkg", slots, self.slot_weight_hh[:n]) + self.slot_bias_hh[:n]
         new = _gru_update(gi, gh, slots)
-        norm_out = self.slot_output_norm[:n]
-        out = F.layer_norm(new, (self.hidden_size,)) * norm_out[:, 0] + norm_out[:, 1]
+        normed = F.layer_norm(new, (self.hidden_size,))
+        out = th.einsum("bkh,kgh->bkg", normed, self.slot_output_weight[:n]) + self.slot_output_bias[:n]
         return out, new
 
     def slot_step(self, x: th.Tensor, slots: th.Tensor, n: int) -> tuple[th.Tensor, th.Tensor]:
@@ -448,7 +482,7 @@ class SparcCore(RecurrentCore):
         for t in range(x.shape[0]):
             plastic = plastic * keep[t]
             plastic = _gru_update(input_gates[t], F.linear(plastic, self.cell.weight_hh, self.cell.bias_hh), plastic)
-            plastic_out = self.output_norm(plastic)
+            plastic_out = self._plastic_output(plastic)
             if readout is not None:
                 plastic_out, _ = self._mix(plastic_out, readout.memory[t], readout.attention[t], readout.familiarity[t])
             outputs.append(plastic_out)
@@ -495,8 +529,7 @@ class SparcCore(RecurrentCore):
         self.slot_bias_in[rows] = self.cell.bias_ih + self.cell.weight_ih @ self.input_norm.bias
         self.slot_weight_hh[slot] = self.cell.weight_hh
         self.slot_bias_hh[slot] = self.cell.bias_hh
-        self.slot_output_norm[slot, 0] = self.output_norm.weight
-        self.slot_output_norm[slot, 1] = self.output_norm.bias
+        self.slot_output_weight[slot], self.slot_output_bias[slot] = self._output_affine()
         self.key_mean[slot] = mean
         self.key_var[slot] = var
         self.key_centre[slot] = centre
@@ -535,7 +568,8 @@ class SparcCore(RecurrentCore):
             (self.slot_bias_in, rows_a, rows_b),
             (self.slot_weight_hh, a, b),
             (self.slot_bias_hh, a, b),
-            (self.slot_output_norm, a, b),
+            (self.slot_output_weight, a, b),
+            (self.slot_output_bias, a, b),
         ):
             buffer[index_a] = share * buffer[index_a] + (1 - share) * buffer[index_b]
         mean = share * self.key_mean[a] + (1 - share) * self.key_mean[b]
@@ -552,17 +586,37 @@ class SparcCore(RecurrentCore):
         return b
 
     @th.no_grad()
-    def restart_output(self, readout_weight: th.Tensor, readout_bias: th.Tensor) -> None:
-        """Restart the plastic path's output norm at its initial scale, centred where a frozen linear
-        read-out of it (``weight @ out + bias``) gives zero: the next task starts without the last
-        skill's lean in its action logits and value, as with SB3's freshly initialised heads.
+    def attach_readout(self, weight: th.Tensor, bias: th.Tensor) -> None:
+        """Take the frozen linear read-out ``weight @ out + bias`` that follows this core; from now on
+        each task trains its own head ``U``, and the plastic output is the latent that the frozen
+        read-out maps to ``U``'s output (memory slots store that map, so each skill keeps its head).
 
-        Measured on minigrid-skills, seed 0: with the learned output bias kept, the policy never found
-        lava-gap's goal after the empty room (0.2 for 100k steps; 1.0 at 60k after the restart). A
-        restart to a small scale (0.1) also removed the lean but damped the gradient reaching the
-        plastic GRU by as much: the garden's summer stalled at 0.7 (seed 0; 1.0 at 48k at scale 1)."""
+        :param weight: ``(readout_size, hidden_size)``, of full row rank
+        :param bias: ``(readout_size,)``
+        """
+        if self.task_head is None:
+            raise ConfigError("This SPARC core was built without readout_size; it has no task heads.")
+        self.readout_pinv.copy_(th.linalg.pinv(weight))
+        self.readout_bias.copy_(bias)
+        self.readout_attached.fill_(True)
+        self.task_head.requires_grad_(True)
+        self.restart_output()
+
+    @th.no_grad()
+    def restart_output(self) -> None:
+        """Start the next task's head fresh, as SB3 initialises a policy's heads (orthogonal, gain
+        ``readout_gain``, zero bias), and its output norm at its initial scale: the next task starts
+        from near-uniform action logits and zero values, without the last skill's lean.
+
+        Measured on minigrid-skills, seed 2: with the first task's frozen head read directly (its
+        pickup/toggle directions 4-8x weaker than turn/forward) the policy never learned door-key in
+        150k steps; SB3's scratch policy solves it at its first evaluation."""
+        if self.task_head is None or not bool(self.readout_attached):
+            raise ConfigError("restart_output needs a read-out; call attach_readout first.")
         self.output_norm.weight.fill_(1.0)
-        self.output_norm.bias.copy_(-th.linalg.pinv(readout_weight) @ readout_bias)
+        self.output_norm.bias.zero_()
+        nn.init.orthogonal_(self.task_head.weight, gain=self.readout_gain)
+        self.task_head.bias.zero_()
 
     @th.no_grad()
     def restore_plasticity(self) -> None:

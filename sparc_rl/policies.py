@@ -110,17 +110,32 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         self.register_buffer("shared_protected", th.zeros((), dtype=th.bool))
 
     # -- building ------------------------------------------------------------------------------
-    def _make_core(self) -> RecurrentCore:
+    def _make_core(self, readout_size: int, readout_gain: float) -> RecurrentCore:
         kwargs = dict(self.core_kwargs)
         if self.core_name == "sparc":
             kwargs.setdefault("n_slots", self.n_slots)
+            if self._trains_task_heads:
+                kwargs.update(readout_size=readout_size, readout_gain=readout_gain)
         return make_core(self.core_name, self.features_dim, self.hidden_size, **kwargs)
+
+    @property
+    def _trains_task_heads(self) -> bool:
+        """Whether each task after the first trains its own head through the frozen ones (the heads
+        must read the cores directly)."""
+        return self.protect_on_consolidate and self.core_name == "sparc" and not self.net_arch
+
+    def _action_net_size(self) -> int:
+        net = self.action_dist.proba_distribution_net(latent_dim=self.hidden_size)
+        head = net[0] if isinstance(net, tuple) else net
+        assert isinstance(head, nn.Linear)
+        return head.out_features
 
     def _build_mlp_extractor(self) -> None:
         if not self.share_features_extractor:
             raise ConfigError("SPARC policies share one features extractor; drop share_features_extractor=False.")
-        self.actor_core = self._make_core()
-        self.critic_core = self._make_core()
+        # the gains SB3 gives freshly initialised action and value heads
+        self.actor_core = self._make_core(self._action_net_size(), readout_gain=0.01)
+        self.critic_core = self._make_core(1, readout_gain=1.0)
         features_dim, self.features_dim = self.features_dim, self.hidden_size
         super()._build_mlp_extractor()
         self.features_dim = features_dim
@@ -320,15 +335,21 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
             self._restart_outputs()
 
     def _restart_outputs(self) -> None:
-        if not self.net_arch:  # the frozen heads read the cores directly
+        if self._trains_task_heads:
             for core, head in ((self.actor_core, self.action_net), (self.critic_core, self.value_net)):
                 assert isinstance(core, SparcCore) and isinstance(head, nn.Linear)
-                core.restart_output(head.weight, head.bias)
+                if bool(core.readout_attached):
+                    core.restart_output()
+                else:
+                    core.attach_readout(head.weight, head.bias)
 
     def _apply_protection(self) -> None:
         if bool(self.shared_protected):
             for module in (self.features_extractor, self.action_net, self.value_net):
                 module.requires_grad_(False)
+        for core in (self.actor_core, self.critic_core):
+            if isinstance(core, SparcCore) and core.task_head is not None:
+                core.task_head.requires_grad_(bool(core.readout_attached))
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -107,6 +107,33 @@ def test_consolidation_copies_plastic_path_into_slot():
     assert not th.allclose(core.plastic_step(x, h)[0], plastic_out, atol=1e-4)
 
 
+def test_a_slot_keeps_its_tasks_head_through_the_frozen_read_out():
+    """After attach_readout each task trains its own head; its slot must still read as that head."""
+    core = _filled_sparc(filled=0, readout_size=3, readout_gain=0.01)
+    readout = th.nn.Linear(HIDDEN, 3)
+    core.attach_readout(readout.weight.detach(), readout.bias.detach())
+    assert core.task_head.weight.requires_grad
+    with th.no_grad():  # a task head trained away from its fresh start, and a trained output norm
+        core.task_head.weight.normal_()
+        core.task_head.bias.normal_()
+        core.output_norm.weight.uniform_(0.5, 2.0)
+        core.output_norm.bias.normal_()
+    x, h = th.randn(4, INPUT), th.randn(4, HIDDEN)
+    with th.no_grad():
+        own_logits = core.task_head(core.output_norm(core.cell(core.input_norm(x), h)))
+        assert th.allclose(readout(core.plastic_step(x, h)[0]), own_logits, atol=1e-4)
+        core.consolidate(th.randn(10, 4, INPUT), th.zeros(10, 4))
+        slot_out, _ = core.slot_step(x, h.unsqueeze(1), 1)
+        assert th.allclose(readout(slot_out[:, 0]), own_logits, atol=1e-4)
+        core.restart_output()  # the next task starts from a fresh head: near-uniform logits
+        assert readout(core.plastic_step(x, h)[0]).std(dim=1).max() < 0.05
+
+
+def test_restart_output_needs_a_read_out():
+    with pytest.raises(ConfigError, match="attach_readout"):
+        _filled_sparc(filled=0, readout_size=3).restart_output()
+
+
 def test_evict_replaces_least_used_slot_when_full():
     core = _filled_sparc(n_slots=2, filled=2, memory_policy="evict")
     core.slot_usage.copy_(th.tensor([5.0, 1.0]))
