@@ -620,9 +620,17 @@ class SparcCore(RecurrentCore):
 
     @th.no_grad()
     def restore_plasticity(self) -> None:
-        """Restore plasticity for the next task: shrink-and-perturb the plastic GRU."""
+        """Restore plasticity for the next task: shrink-and-perturb the plastic GRU, and shrink its
+        input norm towards its initial identity (slots keep their own folded copy of it)."""
         for param in self.cell.parameters():
             param.mul_(self.shrink).add_(self.perturb * th.randn_like(param))
+        self.input_norm.weight.mul_(self.shrink).add_(1.0 - self.shrink)
+        self.input_norm.bias.mul_(self.shrink)
+
+    def plastic_parameters(self) -> list[nn.Parameter]:
+        """What a restart of the plastic path restarts: its input norm, GRU, output norm and task head."""
+        modules = [self.input_norm, self.cell, self.output_norm, self.task_head]
+        return [param for module in modules if module is not None for param in module.parameters()]
 
     def diagnostics(self) -> dict[str, float]:
         """Slot usage shares, and the gate mean and router entropy averaged over the acting steps

@@ -320,6 +320,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
             self.shared_protected.fill_(True)
             self._apply_protection()
             self._restart_outputs()
+        self._forget_optimizer_state()
 
     @th.no_grad()
     def restore_plasticity(self) -> None:
@@ -333,6 +334,15 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
             core.restore_plasticity()
         if bool(self.shared_protected):
             self._restart_outputs()
+        self._forget_optimizer_state()
+
+    def _forget_optimizer_state(self) -> None:
+        """Drop the optimiser's running moments of a restarted plastic path: they describe the last
+        task's gradients, and Adam's stale second moments would shrink the first steps on the next."""
+        for core in (self.actor_core, self.critic_core):
+            if isinstance(core, SparcCore) and core.shrink < 1.0:
+                for param in core.plastic_parameters():
+                    self.optimizer.state.pop(param, None)
 
     def _restart_outputs(self) -> None:
         if self._trains_task_heads:
