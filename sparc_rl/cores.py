@@ -608,9 +608,8 @@ class SparcCore(RecurrentCore):
         ``readout_gain``, zero bias), and its output norm at its initial scale: the next task starts
         from near-uniform action logits and zero values, without the last skill's lean.
 
-        Measured on minigrid-skills, seed 2: with the first task's frozen head read directly (its
-        pickup/toggle directions 4-8x weaker than turn/forward) the policy never learned door-key in
-        150k steps; SB3's scratch policy solves it at its first evaluation."""
+        Measured on minigrid-skills, seed 0: with the last task's output bias kept, lava-gap stayed at
+        0.2 success for 100k steps after the empty room (1.0 at 60k after a restart)."""
         if self.task_head is None or not bool(self.readout_attached):
             raise ConfigError("restart_output needs a read-out; call attach_readout first.")
         self.output_norm.weight.fill_(1.0)
@@ -621,7 +620,11 @@ class SparcCore(RecurrentCore):
     @th.no_grad()
     def restore_plasticity(self) -> None:
         """Restore plasticity for the next task: shrink-and-perturb the plastic GRU, and shrink its
-        input norm towards its initial identity (slots keep their own folded copy of it)."""
+        input norm towards its initial identity (slots keep their own folded copy of it).
+
+        Measured on minigrid-skills, seed 2: with the GRU alone restarted, door-key stayed at 0.0
+        success for 120k steps; with its input norm and optimiser moments restarted too (see the
+        policy's ``restore_plasticity``), 1.0 at 30k."""
         for param in self.cell.parameters():
             param.mul_(self.shrink).add_(self.perturb * th.randn_like(param))
         self.input_norm.weight.mul_(self.shrink).add_(1.0 - self.shrink)

@@ -315,3 +315,20 @@ def test_after_consolidating_a_new_task_starts_without_the_last_skills_lean():
         with th.no_grad():
             expected = core.task_head(core.output_norm(hidden))
             assert th.allclose(head(core._plastic_output(hidden)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("close", ["consolidate", "restore_plasticity"])
+def test_a_restarted_plastic_path_starts_with_fresh_optimizer_state(close):
+    """Adam's moments of the last task must not carry into a restarted plastic path; the rest keeps them."""
+    model = small_model("sparc")
+    model.learn(64)
+    core, state = model.policy.actor_core, model.policy.optimizer.state
+    with th.no_grad():
+        core.input_norm.weight.fill_(3.0)
+    assert all(p in state for p in core.plastic_parameters() if p.requires_grad)
+    restarted = core.plastic_parameters() + model.policy.critic_core.plastic_parameters()
+    kept = [p for p in model.policy.parameters() if p in state and all(p is not q for q in restarted)]
+    getattr(model.policy, close)(*([] if close == "restore_plasticity" else model._last_rollout()))
+    assert not any(p in state for p in restarted)
+    assert kept and all(p in state for p in kept)
+    assert th.all(core.input_norm.weight == 1.0)  # shrink 0: back to the identity
