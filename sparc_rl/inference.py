@@ -57,6 +57,25 @@ def check_spaces(model_obs: spaces.Space, model_act: spaces.Space, env: gym.Env 
         )
 
 
+def load_saved_model(path: Path, device: str = "cpu") -> SparcPPO:
+    """Load a saved SparcPPO model, with one clear error for a broken or incompatible file.
+
+    :param path: the checkpoint zip
+    :param device: where to put the model
+    """
+    check_checkpoint_file(path)
+    try:
+        return SparcPPO.load(path, device=device)
+    except Exception as error:
+        hint = ""
+        if "state_dict" in str(error):
+            hint = (
+                " The saved network does not match this sparc-rl version's SPARC policy (saved by an"
+                " older version?): load it with the version that saved it, or train it again."
+            )
+        raise CheckpointError(f"Cannot load model {str(path)!r}:{hint} {error}") from None
+
+
 class SparcAgent:
     """A trained recurrent policy ready to act; it carries the recurrent state between calls.
 
@@ -89,12 +108,7 @@ class SparcAgent:
         path = Path(path)
         if path.suffix != ".zip" and not path.exists():
             path = path.with_suffix(".zip")
-        check_checkpoint_file(path)
-        try:
-            model = SparcPPO.load(path, device=device)
-        except Exception as error:
-            raise CheckpointError(f"Cannot load model {str(path)!r}: {error}") from None
-        agent = cls(model, deterministic)
+        agent = cls(load_saved_model(path, device), deterministic)
         if env is not None:
             agent.check_env(env)
         return agent

@@ -41,7 +41,7 @@ from sparc_rl.agents import AgentSpec, load_agent
 from sparc_rl.curriculum import Curriculum, TaskSpec, load_curriculum
 from sparc_rl.errors import CheckpointError, ConfigError, TrainingDivergedError
 from sparc_rl.evaluation import evaluate_curriculum, evaluate_task
-from sparc_rl.inference import check_spaces
+from sparc_rl.inference import check_spaces, load_saved_model
 from sparc_rl.io import atomic_write_json, atomic_write_text, check_checkpoint_file, save_model_atomically, versions
 from sparc_rl.ppo import SparcPPO
 from sparc_rl.reporting import learning_curve_figure, retention_figure, write_report
@@ -552,11 +552,7 @@ def evaluate_saved_model(
     """Load a saved SparcPPO model and score it on every task of a curriculum."""
     loaded = load_curriculum(curriculum)
     path = Path(model_path)
-    check_checkpoint_file(path)
-    try:
-        model = SparcPPO.load(path, device="cpu")
-    except Exception as error:
-        raise CheckpointError(f"Cannot load model {str(path)!r}: {error}") from None
+    model = load_saved_model(path)
     task_env = loaded.tasks[0].make_env()
     try:
         check_spaces(model.observation_space, model.action_space, task_env)

@@ -1,6 +1,10 @@
+import io
+import zipfile
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 
 from sparc_rl import SparcPPO
@@ -78,6 +82,23 @@ def test_corrupt_and_truncated_checkpoints(saved_model, tmp_path):
     text.write_text("not a model")
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         SparcAgent.load(text)
+
+
+def test_a_checkpoint_of_another_network_layout_says_so(saved_model, tmp_path):
+    """A model saved by a version with other SPARC buffers must fail with a hint, not a bare key list."""
+    older = tmp_path / "older.zip"
+    with zipfile.ZipFile(saved_model) as source, zipfile.ZipFile(older, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "policy.pth":
+                weights = th.load(io.BytesIO(data), weights_only=True)
+                weights["actor_core.slot_output_norm"] = weights.pop("actor_core.slot_output_weight")
+                buffer = io.BytesIO()
+                th.save(weights, buffer)
+                data = buffer.getvalue()
+            target.writestr(item, data)
+    with pytest.raises(CheckpointError, match="older version"):
+        SparcAgent.load(older)
 
 
 def test_play_prints_returns_and_records_a_gif(saved_model, tmp_path, capsys):
