@@ -365,11 +365,15 @@ class SparcCore(RecurrentCore):
 
     def _plastic(self, normed: th.Tensor, plastic: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         new = self.cell(normed, plastic)
-        return self._plastic_output(new), new
+        return self._plastic_output(new, self._has_task_head()), new
 
-    def _plastic_output(self, hidden: th.Tensor) -> th.Tensor:
+    def _has_task_head(self) -> bool:
+        return self.task_head is not None and bool(self.readout_attached)
+
+    def _plastic_output(self, hidden: th.Tensor, task_head: bool) -> th.Tensor:
         out = self.output_norm(hidden)
-        if self.task_head is not None and bool(self.readout_attached):
+        if task_head:
+            assert self.task_head is not None
             # the latent the frozen read-out maps to this task's head: W pinv(W) = I, so
             # W (pinv(W) (U out + u - b)) + b = U out + u
             out = (self.task_head(out) - self.readout_bias) @ self.readout_pinv.T
@@ -378,7 +382,7 @@ class SparcCore(RecurrentCore):
     def _output_affine(self) -> tuple[th.Tensor, th.Tensor]:
         """``_plastic_output`` as one affine map on the unscaled normalised hidden state."""
         weight, bias = th.diag(self.output_norm.weight), self.output_norm.bias
-        if self.task_head is not None and bool(self.readout_attached):
+        if self.task_head is not None and self._has_task_head():
             weight = self.readout_pinv @ self.task_head.weight @ weight
             bias = self.readout_pinv @ (self.task_head(bias) - self.readout_bias)
         return weight, bias
@@ -478,11 +482,11 @@ class SparcCore(RecurrentCore):
         plastic, slots, evidence, weight = self._split(state)
         # what does not depend on the recurrence, for all steps at once: the input half of the GRU
         input_gates = F.linear(self.input_norm(x), self.cell.weight_ih, self.cell.bias_ih)
-        outputs = []
+        outputs, task_head = [], self._has_task_head()
         for t in range(x.shape[0]):
             plastic = plastic * keep[t]
             plastic = _gru_update(input_gates[t], F.linear(plastic, self.cell.weight_hh, self.cell.bias_hh), plastic)
-            plastic_out = self._plastic_output(plastic)
+            plastic_out = self._plastic_output(plastic, task_head)
             if readout is not None:
                 plastic_out, _ = self._mix(plastic_out, readout.memory[t], readout.attention[t], readout.familiarity[t])
             outputs.append(plastic_out)

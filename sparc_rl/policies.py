@@ -125,6 +125,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         return self.protect_on_consolidate and self.core_name == "sparc" and not self.net_arch
 
     def _action_net_size(self) -> int:
+        # the action net is built after the cores: ask the distribution what it would build
         net = self.action_dist.proba_distribution_net(latent_dim=self.hidden_size)
         head = net[0] if isinstance(net, tuple) else net
         assert isinstance(head, nn.Linear)

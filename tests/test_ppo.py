@@ -314,7 +314,7 @@ def test_after_consolidating_a_new_task_starts_without_the_last_skills_lean():
         assert core.task_head.weight.requires_grad and not head.weight.requires_grad
         with th.no_grad():
             expected = core.task_head(core.output_norm(hidden))
-            assert th.allclose(head(core._plastic_output(hidden)), expected, atol=1e-4)
+            assert th.allclose(head(core._plastic_output(hidden, task_head=True)), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("close", ["consolidate", "restore_plasticity"])
