@@ -382,7 +382,8 @@ class SparcCore(RecurrentCore):
     def _output_affine(self) -> tuple[th.Tensor, th.Tensor]:
         """``_plastic_output`` as one affine map on the unscaled normalised hidden state."""
         weight, bias = th.diag(self.output_norm.weight), self.output_norm.bias
-        if self.task_head is not None and self._has_task_head():
+        if self._has_task_head():
+            assert self.task_head is not None
             weight = self.readout_pinv @ self.task_head.weight @ weight
             bias = self.readout_pinv @ (self.task_head(bias) - self.readout_bias)
         return weight, bias
