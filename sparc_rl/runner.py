@@ -330,9 +330,11 @@ class ContinualRunner:
                 raise ConfigError(f"Run {str(self.run_dir)!r} already finished; see its report.md.")
         else:
             _prepare_run_dir(self.run_dir)
-            atomic_write_json(self.run_dir / "config.json", self._config())
         set_random_seed(self.seed)
-        model = self._load_or_build_model()  # before the logger, so a bad checkpoint leaves no new file
+        # before any file is written: a bad agent setting or checkpoint leaves the run directory as it was
+        model = self._load_or_build_model()
+        if not self._resuming:
+            atomic_write_json(self.run_dir / "config.json", self._config())
         logger = configure(str(self.run_dir / "tb"), ["tensorboard"])
         model.set_logger(logger)
         self.model = model

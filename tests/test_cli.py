@@ -65,3 +65,15 @@ def test_unwritable_run_dir(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["train", "--run-dir", str(blocker / "run")]) == 2
     assert "Cannot write to run directory" in capsys.readouterr().err
+
+
+def test_an_agent_setting_the_policy_rejects_leaves_the_run_dir_reusable(tmp_path, capsys):
+    curriculum = tmp_path / "tiny.yaml"
+    curriculum.write_text(yaml.safe_dump(tiny_curriculum_dict()))
+    agent = {"name": "typo", "policy_kwargs": {"core": "sparc", "gate_sped": 3}}
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(agent))
+    argv = ["train", "--curriculum", str(curriculum), "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert main([*argv, "--agent", str(tmp_path / "typo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "gate_sped" in err and "Traceback" not in err
+    assert not any((tmp_path / "run").iterdir())  # the fixed agent can use the same run directory
