@@ -203,6 +203,9 @@ class SparcCore(RecurrentCore):
         moved on a task makes any change in it strong evidence against that task)
     :param familiarity_threshold: calibrated distance ``z`` at which familiarity is one half
     :param familiarity_temperature: softness of the familiarity
+    :param gate_speed: the learned gate logits are stored divided by this, so that under the
+        optimiser shared with the other weights they move this many times faster (Adam's steps are
+        about the learning rate whatever the gradient's scale)
     :param router_temperature: softness of the slot attention, in nats (0: only the best key's slot is read)
     :param memory_policy: what to do when all slots are full: ``"evict"`` the least used slot or
         ``"merge"`` the two slots with the closest keys
@@ -248,6 +251,7 @@ class SparcCore(RecurrentCore):
         min_variance: float = 1e-3,
         familiarity_threshold: float = 2.0,
         familiarity_temperature: float = 0.25,
+        gate_speed: float = 100.0,
         router_temperature: float = 1.0,
         memory_policy: str = "evict",
         shrink: float = 0.0,
@@ -263,6 +267,8 @@ class SparcCore(RecurrentCore):
             raise ConfigError(f"memory_policy must be 'evict' or 'merge', got {memory_policy!r}.")
         if not 0.0 < evidence_rate <= 1.0:
             raise ConfigError(f"evidence_rate must be in (0, 1], got {evidence_rate}.")
+        if gate_speed <= 0:
+            raise ConfigError(f"gate_speed must be > 0, got {gate_speed}.")
         if min_variance <= 0:
             raise ConfigError(f"min_variance must be > 0, got {min_variance}.")
         self.n_slots = n_slots
@@ -271,6 +277,7 @@ class SparcCore(RecurrentCore):
         self.min_variance = min_variance
         self.familiarity_threshold = familiarity_threshold
         self.familiarity_temperature = familiarity_temperature
+        self.gate_speed = gate_speed
         self.router_temperature = router_temperature
         self.memory_policy = memory_policy
         self.shrink = shrink
@@ -287,8 +294,8 @@ class SparcCore(RecurrentCore):
         self.register_buffer("readout_pinv", th.zeros(hidden_size, readout_size))
         self.register_buffer("readout_bias", th.zeros(readout_size))
         self.register_buffer("readout_attached", th.zeros((), dtype=th.bool))
-        # start by trusting memory where it is familiar
-        self.gate_logits = nn.Parameter(th.full((n_slots, hidden_size), self.INITIAL_GATE_LOGIT))
+        # the learned gate logits divided by gate_speed; they start by trusting memory where it is familiar
+        self.gate_weights = nn.Parameter(th.full((n_slots, hidden_size), self.INITIAL_GATE_LOGIT / gate_speed))
 
         k, h, f = n_slots, hidden_size, input_size
         # Slot input weights have the copied input LayerNorm's affine folded in, and are stacked so
@@ -410,7 +417,7 @@ class SparcCore(RecurrentCore):
         self, plastic_out: th.Tensor, memory: th.Tensor, attention: th.Tensor, familiarity: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor]:
         if self.use_gate:
-            logits = attention @ self.gate_logits[: attention.shape[-1]]
+            logits = attention @ (self.gate_speed * self.gate_weights[: attention.shape[-1]])
             # only familiar contexts may teach a slot's gate (novel tasks must not train memory away)
             logits = th.where(familiarity > 0.5, logits, logits.detach())
             gate = familiarity * th.sigmoid(logits)
@@ -541,7 +548,6 @@ class SparcCore(RecurrentCore):
         self.key_spread[slot] = (high - centre).clamp_min(1e-3)
         self.key_count[slot] = flat.shape[0]
         self.slot_usage[slot] = 0.0
-        self.gate_logits[slot] = self.INITIAL_GATE_LOGIT
         self.n_filled.fill_(max(int(self.n_filled), slot + 1))
         self.restore_plasticity()
 
@@ -587,7 +593,6 @@ class SparcCore(RecurrentCore):
         self.key_spread[a] = th.maximum(self.key_spread[a], self.key_spread[b]) + gap
         self.key_count[a] = wa + wb
         self.slot_usage[a] += self.slot_usage[b]
-        self.gate_logits[a] = share * self.gate_logits[a] + (1 - share) * self.gate_logits[b]
         return b
 
     @th.no_grad()
@@ -624,8 +629,9 @@ class SparcCore(RecurrentCore):
 
     @th.no_grad()
     def restore_plasticity(self) -> None:
-        """Restore plasticity for the next task: shrink-and-perturb the plastic GRU, and shrink its
-        input norm towards its initial identity (slots keep their own folded copy of it).
+        """Restore plasticity for the next task: shrink-and-perturb the plastic GRU, shrink its input
+        norm towards its initial identity (slots keep their own folded copy of it), and recalibrate
+        the learned gate to trust memory where it is familiar.
 
         Measured on minigrid-skills, seed 2: with the GRU alone restarted, door-key stayed at 0.0
         success for 120k steps; with its input norm and optimiser moments restarted too (see the
@@ -634,11 +640,14 @@ class SparcCore(RecurrentCore):
             param.mul_(self.shrink).add_(self.perturb * th.randn_like(param))
         self.input_norm.weight.mul_(self.shrink).add_(1.0 - self.shrink)
         self.input_norm.bias.mul_(self.shrink)
+        self.gate_weights.fill_(self.INITIAL_GATE_LOGIT / self.gate_speed)
 
     def plastic_parameters(self) -> list[nn.Parameter]:
-        """What a restart of the plastic path restarts: its input norm, GRU, output norm and task head."""
+        """What a restart of the plastic path restarts: its input norm, GRU, output norm, task head and
+        the learned gate."""
         modules = [self.input_norm, self.cell, self.output_norm, self.task_head]
-        return [param for module in modules if module is not None for param in module.parameters()]
+        parameters = [param for module in modules if module is not None for param in module.parameters()]
+        return [*parameters, self.gate_weights]
 
     def diagnostics(self) -> dict[str, float]:
         """Slot usage shares, and the gate mean and router entropy averaged over the acting steps

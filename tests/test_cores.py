@@ -190,7 +190,7 @@ def test_hard_routing_reads_only_the_best_key_slot():
     assert bool((familiarity > 0.99).all())
     slots = core.slot_step(x, th.zeros(3, 2, HIDDEN), 2)[0]
     with th.no_grad():
-        core.gate_logits.fill_(100.0)  # the learned part fully open: the output is the routed slot's
+        core.gate_weights.fill_(100.0)  # the learned part fully open: the output is the routed slot's
         out, _ = core.step(x, core.initial_state(3))
     assert th.allclose(out, slots[:, 1], atol=1e-3)  # familiarity is just under 1
 
@@ -233,13 +233,28 @@ def test_only_familiar_contexts_train_the_routed_slot_gate():
     core = SparcCore(INPUT, HIDDEN, n_slots=3, router_temperature=0.0, write_only_novel=False)
     core.consolidate(0.1 * th.randn(20, 4, INPUT), th.zeros(20, 4))
     core.consolidate(5.0 + 0.1 * th.randn(20, 4, INPUT), th.zeros(20, 4))
-    before = core.gate_logits.detach().clone()
+    before = core.gate_weights.detach().clone()
     novel = -8.0 + 0.1 * th.randn(6, 4, INPUT)
     core.unroll(novel, core.initial_state(4), th.zeros(6, 4))[0].pow(2).sum().backward()
-    assert core.gate_logits.grad is None or not bool(core.gate_logits.grad.any())
+    assert core.gate_weights.grad is None or not bool(core.gate_weights.grad.any())
     core.zero_grad()
     like_second = 5.0 + 0.1 * th.randn(6, 4, INPUT)
     core.unroll(like_second, core.initial_state(4), th.zeros(6, 4))[0].pow(2).sum().backward()
-    grad = core.gate_logits.grad
+    grad = core.gate_weights.grad
     assert grad is not None and bool(grad[1].any()) and not bool(grad[0].any()) and not bool(grad[2].any())
-    assert th.equal(core.gate_logits.detach(), before)
+    assert th.equal(core.gate_weights.detach(), before)
+
+
+def test_the_learned_gate_moves_gate_speed_times_faster_and_recalibrates_at_a_restart():
+    th.manual_seed(0)
+    core = SparcCore(INPUT, HIDDEN, n_slots=2, router_temperature=0.0, write_only_novel=False, gate_speed=50.0)
+    familiar = 0.1 * th.randn(20, 4, INPUT)
+    core.consolidate(familiar, th.zeros(20, 4))
+    optimizer = th.optim.Adam([core.gate_weights], lr=1e-3)
+    # a loss that wants less memory in the output: the familiar slot's gate closes
+    core.unroll(familiar[:6], core.initial_state(4), th.zeros(6, 4))[0].pow(2).sum().backward()
+    optimizer.step()
+    step = (core.gate_speed * core.gate_weights.detach()[0] - SparcCore.INITIAL_GATE_LOGIT).abs()
+    assert th.allclose(step[step > 0], th.tensor(50.0 * 1e-3), rtol=1e-3)  # Adam's first step: lr per weight
+    core.restore_plasticity()
+    assert th.allclose(core.gate_speed * core.gate_weights.detach(), th.tensor(SparcCore.INITIAL_GATE_LOGIT))
