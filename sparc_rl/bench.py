@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from tqdm import tqdm
 
 from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import load_agent
@@ -140,12 +141,14 @@ def run_bench(
     jobs: int | None = None,
     reference: bool = True,
     reference_agent: str | None = None,
+    progress: bool = True,
 ) -> Path:
     """Run the benchmark and write ``results.md``, ``results.csv``, ``results.json`` and plots to ``out_dir``.
 
     Forward transfer compares every agent with the same single-task references: ``reference_agent``
     (default: the first agent) trained from scratch on each distinct task, per seed. Those runs are
-    scheduled first and cached, so the agents' runs find them ready."""
+    scheduled first and cached, so the agents' runs find them ready. ``progress`` shows a bar of
+    finished runs (references included) on stderr."""
     loaded = load_curriculum(curriculum)
     reference_agent = reference_agent or agents[0]
     for agent in [*agents, reference_agent]:
@@ -191,15 +194,21 @@ def run_bench(
         if job.reference_task is None:
             _check_saved_run(_runner(job))  # before any training
     started = time.time()
-    if jobs == 1:
-        results = [_run_job(job) for job in work]
-    else:
-        # fork keeps the imported code (fast start), but where CUDA is present a forked child of a
-        # process that has touched it fails ("CUDA error: initialization error") or hangs (both seen on
-        # an H100 machine): spawn there
-        method = "spawn" if th.cuda.is_available() else "fork"
-        with multiprocessing.get_context(method).Pool(jobs) as pool:
-            results = pool.map(_run_job, work, chunksize=1)
+    results: list[dict[str, Any]] = []
+    with tqdm(total=len(work), unit="run", desc="bench", disable=not progress, dynamic_ncols=True) as bar:
+        if jobs == 1:
+            for job in work:
+                results.append(_run_job(job))
+                bar.update()
+        else:
+            # fork keeps the imported code (fast start), but where CUDA is present a forked child of a
+            # process that has touched it fails ("CUDA error: initialization error") or hangs (both seen
+            # on an H100 machine): spawn there
+            method = "spawn" if th.cuda.is_available() else "fork"
+            with multiprocessing.get_context(method).Pool(jobs) as pool:
+                for result in pool.imap(_run_job, work, chunksize=1):
+                    results.append(result)
+                    bar.update()
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "error" not in r and "reference_task" not in r]
     rows = summarise_results(results, [Path(a).stem for a in agents])

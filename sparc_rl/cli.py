@@ -92,6 +92,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.jobs,
         reference=not args.no_reference,
         reference_agent=args.reference_agent,
+        progress=not args.no_progress,
     )
     print((result_dir / "results.md").read_text())
     return 0
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and continued when interrupted",
     )
     bench.add_argument("--no-reference", action="store_true", help="skip single-task references")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar of finished runs")
     bench.add_argument(
         "--reference-agent",
         help="agent trained from scratch on each task as every agent's forward-transfer reference (default: the first)",
