@@ -10,10 +10,10 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium.wrappers import FlattenObservation
-from minigrid.wrappers import OneHotPartialObsWrapper
 
 from sparc_rl.config import builtin_names, check_keys, read_yaml_mapping, resolve_file
 from sparc_rl.envs import WRAPPERS
+from sparc_rl.envs.minigrid_view import OneHotPartialObs, install_fast_view
 from sparc_rl.errors import ConfigError
 from sparc_rl.inference import describe_space
 
@@ -34,11 +34,12 @@ CURRICULUM_ALGORITHM_KEYS = {
 }
 TASK_KEYS = {"name", "env", "kwargs", "wrappers", "steps"}
 # Wrappers a curriculum can name: the package's own, gymnasium's flattening and minigrid's one-hot view
-# (one-hot cells make "which objects and colours are in view" a direction in observation space).
+# (one-hot cells make "which objects and colours are in view" a direction in observation space),
+# vectorised.
 NAMED_WRAPPERS: dict[str, Any] = {
     **WRAPPERS,
     "flatten-observation": FlattenObservation,
-    "minigrid-one-hot": OneHotPartialObsWrapper,
+    "minigrid-one-hot": OneHotPartialObs,
 }
 
 
@@ -72,6 +73,7 @@ class TaskSpec:
         if render_mode is not None:
             kwargs["render_mode"] = render_mode
         env = gym.make(self.env_id, **kwargs)
+        install_fast_view(env)
         for wrapper in self.wrappers:
             env = NAMED_WRAPPERS[wrapper.name](env, **wrapper.kwargs)
         return env

@@ -3,8 +3,11 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
+from minigrid.minigrid_env import MiniGridEnv
+from minigrid.wrappers import OneHotPartialObsWrapper
 
 import sparc_rl  # noqa: F401
+from sparc_rl.curriculum import load_curriculum
 from sparc_rl.envs import (
     SEASONS,
     AbruptTaskSwitch,
@@ -14,6 +17,7 @@ from sparc_rl.envs import (
     MinigridImageTask,
     PreviousActionRewardObservation,
 )
+from sparc_rl.envs.minigrid_view import OneHotPartialObs, egocentric_view, install_fast_view
 
 SPARC_IDS = sorted(env_id for env_id in gym.registry if env_id.startswith("SparcRL/"))
 VARIANTS = [("SparcRL/Garden-v0", {"season": s}) for s in SEASONS] + [
@@ -186,3 +190,42 @@ def test_minigrid_image_task_gives_one_space_to_all_tasks():
     assert len(spaces_seen) == 1
     with pytest.raises(ValueError, match="needs a MiniGrid dict observation"):
         MinigridImageTask(StubEnv())
+
+
+MINIGRID_TASKS = [
+    pytest.param(task, id=f"{name}:{task.name}")
+    for name in ("minigrid-skills", "garden-seasons")
+    for task in load_curriculum(name).tasks
+    if task.name != "spring-again"
+]
+
+
+@pytest.mark.parametrize("task", MINIGRID_TASKS)
+def test_fast_minigrid_view_observes_exactly_what_minigrid_does(task):
+    env = task.make_env()
+    base = env.unwrapped
+    assert base.gen_obs.__func__ is egocentric_view
+    one_hot = OneHotPartialObs(gym.make(task.env_id, **task.kwargs))
+    stock_one_hot = OneHotPartialObsWrapper(gym.make(task.env_id, **task.kwargs))
+    rng = np.random.default_rng(0)
+    directions, carried = set(), False
+    for episode in range(12):
+        env.reset(seed=episode)
+        for _ in range(150):
+            fast, stock = egocentric_view(base), MiniGridEnv.gen_obs(base)
+            assert np.array_equal(fast["image"], stock["image"])
+            assert (fast["direction"], fast["mission"]) == (stock["direction"], stock["mission"])
+            assert np.array_equal(one_hot.observation(stock)["image"], stock_one_hot.observation(stock)["image"])
+            directions.add(base.agent_dir)
+            carried |= base.carrying is not None
+            # mostly forward and pick-up/toggle, so agents walk into doors, keys and walls
+            _, _, terminated, truncated, _ = env.step(int(rng.choice([0, 1, 2, 2, 2, 3, 5])))
+            if terminated or truncated:
+                break
+    assert directions == {0, 1, 2, 3}
+    if task.env_id == "MiniGrid-DoorKey-5x5-v0":
+        assert carried, "the rollouts never picked up the key: they do not test the carried-object cell"
+
+
+def test_fast_minigrid_view_leaves_other_envs_alone():
+    assert not install_fast_view(gym.make("CartPole-v1"))
