@@ -1,10 +1,10 @@
 """MiniGrid's egocentric view and one-hot encoding, computed with numpy instead of per-cell Python.
 
 MiniGrid builds every observation by copying the view into a new ``Grid`` cell by cell, rotating it one
-quarter turn at a time (a new ``Grid`` each), then encoding it cell by cell: about 0.3 ms a step, as
-much as a small recurrent policy's forward pass. :func:`install_fast_view` replaces that for one env by
-the same computation on arrays; the observations are identical (``tests/test_envs.py`` compares them
-step by step on every MiniGrid task of the built-in curricula).
+quarter turn at a time (a new ``Grid`` each), then encoding it cell by cell: about half of what a
+step costs (8 envs, random actions: 6k env steps/s with it, 11k without). :func:`install_fast_view`
+replaces that for one env by the same computation on arrays; the observations are identical
+(``tests/test_envs.py`` compares them step by step on every MiniGrid task of the built-in curricula).
 """
 
 from __future__ import annotations
