@@ -32,13 +32,10 @@ def egocentric_view(env: MiniGridEnv) -> dict[str, Any]:
     size = env.agent_view_size
     cells = grid.grid
     codes = np.array([_EMPTY if cell is None else cell.encode() for cell in cells], dtype=np.uint8)
-    opaque = np.array([cell is not None and not cell.see_behind() for cell in cells], dtype=bool)
     # pad by a view on every side so any view window is an in-range slice; index as [x, y] like MiniGrid
     padded_codes = np.empty((grid.width + 2 * size, grid.height + 2 * size, 3), dtype=np.uint8)
     padded_codes[:] = _OUTSIDE
     padded_codes[size:-size, size:-size] = codes.reshape(grid.height, grid.width, 3).transpose(1, 0, 2)
-    padded_opaque = np.ones(padded_codes.shape[:2], dtype=bool)
-    padded_opaque[size:-size, size:-size] = opaque.reshape(grid.height, grid.width).T
     top_x, top_y, _, _ = env.get_view_exts()
     window = (slice(top_x + size, top_x + 2 * size), slice(top_y + size, top_y + 2 * size))
     # MiniGrid turns the view left agent_dir + 1 times; on [x, y] arrays a left turn is np.rot90(k=-1)
@@ -47,6 +44,9 @@ def egocentric_view(env: MiniGridEnv) -> dict[str, Any]:
     if env.see_through_walls:
         visible = np.ones((size, size), dtype=bool)
     else:
+        opaque = np.array([cell is not None and not cell.see_behind() for cell in cells], dtype=bool)
+        padded_opaque = np.ones(padded_codes.shape[:2], dtype=bool)
+        padded_opaque[size:-size, size:-size] = opaque.reshape(grid.height, grid.width).T
         visible = _visible_cells(np.rot90(padded_opaque[window], k=turns).tolist(), size)
     image = np.zeros((size, size, 3), dtype=np.uint8)
     image[visible] = view[visible]
