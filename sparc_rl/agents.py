@@ -71,7 +71,7 @@ class AgentSpec:
             "consolidate": self.consolidate,
         }
 
-    def _policy_for(self, observation_space: spaces.Space) -> tuple[str, dict[str, Any]]:
+    def _policy_for(self, observation_space: spaces.Space) -> tuple[str | type[Any], dict[str, Any]]:
         is_image = (
             isinstance(observation_space, spaces.Box)
             and len(observation_space.shape) == 3
@@ -81,11 +81,13 @@ class AgentSpec:
         if self.algorithm == "recurrent-ppo":
             if self.policy != "auto":
                 return self.policy, kwargs
+            from sparc_rl.lstm_policies import CnnLstmPolicy, MlpLstmPolicy
+
             if is_image:
                 kwargs.setdefault("features_extractor_class", MinigridCNN)
                 kwargs.setdefault("normalize_images", False)
-                return "CnnLstmPolicy", kwargs
-            return "MlpLstmPolicy", kwargs
+                return CnnLstmPolicy, kwargs
+            return MlpLstmPolicy, kwargs
         if self.policy != "auto":
             return self.policy, kwargs
         return ("CnnSparcPolicy" if is_image else "MlpSparcPolicy"), kwargs

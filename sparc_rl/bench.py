@@ -40,9 +40,9 @@ class BenchJob:
 
 
 def _start_early(agent: str) -> tuple[bool, bool]:
-    """Sort key that starts the slowest runs right after the references, the slowest first: the
-    external RecurrentPPO (its training unrolls padded sequences step by step), then agents with
-    plugins (rehearsal, EWC). A slow run started last would leave the other cores idle at the end."""
+    """Sort key that starts the external RecurrentPPO and agents with plugins (rehearsal, EWC) right
+    after the references, before the plain agents: a slow run started last would leave the other
+    cores idle at the end."""
     spec = load_agent(agent)
     return spec.algorithm != "sparc-ppo", bool(spec.plugins)
 
