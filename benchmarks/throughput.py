@@ -3,9 +3,9 @@
 MiniGrid DoorKey-5x5, image observations (flattened for the MLP policies), 8 envs in a DummyVecEnv,
 n_steps=128, hidden size 64, side by side in one process:
 
-  random actions (the ceiling), SB3 PPO (MLP), sb3-contrib RecurrentPPO (LSTM, its defaults and with
-  SparcPPO's epochs/batch), SparcPPO with the lstm core and with the sparc core (0, 1 and 8 filled
-  memory slots).
+  random actions (the ceiling), SB3 PPO (MLP), sb3-contrib RecurrentPPO (LSTM, its defaults, the same
+  with sparc_rl's whole-sequence LSTM policy, and with SparcPPO's epochs/batch), SparcPPO with the lstm
+  core and with the sparc core (0, 1 and 8 filled memory slots).
 
 With --solve instead: the training time SparcPPO-sparc and RecurrentPPO need to reach 0.9 success.
 
@@ -33,6 +33,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 import sparc_rl
 from sparc_rl import SparcPPO
 from sparc_rl.envs import MinigridImageTask
+from sparc_rl.lstm_policies import MlpLstmPolicy as WholeSequenceMlpLstmPolicy
 
 ENV_ID = "MiniGrid-DoorKey-5x5-v0"
 HIDDEN = 64
@@ -71,6 +72,14 @@ def builders(seed: int) -> dict[str, callable]:
         "SB3 PPO (MLP 64x64)": lambda: PPO("MlpPolicy", vec_env(seed), n_steps=N_STEPS, seed=seed, device="cpu"),
         "RecurrentPPO LSTM-64 (its defaults: 10 epochs, batch 128)": lambda: RecurrentPPO(
             "MlpLstmPolicy",
+            vec_env(seed),
+            n_steps=N_STEPS,
+            seed=seed,
+            device="cpu",
+            policy_kwargs=dict(lstm_hidden_size=HIDDEN),
+        ),
+        "RecurrentPPO LSTM-64 (its defaults), whole-sequence LSTM (the recurrent-ppo preset's)": lambda: RecurrentPPO(
+            WholeSequenceMlpLstmPolicy,
             vec_env(seed),
             n_steps=N_STEPS,
             seed=seed,
@@ -155,6 +164,7 @@ def throughput_report(steps: int, seed: int) -> list[str]:
     sps = dict(rows)
     rppo = sps["RecurrentPPO LSTM-64 (its defaults: 10 epochs, batch 128)"]
     rppo_same = sps["RecurrentPPO LSTM-64 (4 epochs, batch 256, as SparcPPO)"]
+    rppo_whole = sps["RecurrentPPO LSTM-64 (its defaults), whole-sequence LSTM (the recurrent-ppo preset's)"]
     ppo = sps["SB3 PPO (MLP 64x64)"]
     sparc0 = sps["SparcPPO sparc core, 0 slots filled"]
     sparc1 = sps["SparcPPO sparc core, 1 slot filled"]
@@ -177,6 +187,8 @@ def throughput_report(steps: int, seed: int) -> list[str]:
         f"- SparcPPO-sparc (0 slots) / SB3 PPO: **{sparc0 / ppo:.2f}x**; with 8 slots filled: "
         f"**{sparc8 / ppo:.2f}x** (target >= 0.5x).",
         f"- Step cost growth from 1 to 8 filled slots: **{sparc1 / sparc8:.2f}x** (target <= 1.5x).",
+        f"- RecurrentPPO with `sparc_rl.lstm_policies` (same computation, one LSTM call per sequence) / "
+        f"sb3-contrib's policy: {rppo_whole / rppo:.2f}x.",
     ]
     return lines
 
