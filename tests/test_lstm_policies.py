@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch as th
+from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
-from sparc_rl.lstm_policies import process_sequence
+from sparc_rl.agents import load_agent
+from sparc_rl.lstm_policies import MlpLstmPolicy, process_sequence
 
 
 def _inputs(starts_inside: bool) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor], th.Tensor, nn.LSTM]:
@@ -49,17 +54,10 @@ def test_episode_start_at_the_first_step_resets_the_state() -> None:
     assert th.allclose(output[7:14], carried_on[7:14], atol=1e-6)  # sequence 1 did not
 
 
-def test_recurrent_ppo_agent_uses_whole_sequence_policy(tmp_path) -> None:
-    from stable_baselines3.common.env_util import make_vec_env
-
-    from sparc_rl.agents import load_agent
-    from sparc_rl.lstm_policies import MlpLstmPolicy
-
+def test_recurrent_ppo_agent_uses_whole_sequence_policy(tmp_path: Path) -> None:
     env = make_vec_env("CartPole-v1", n_envs=2, seed=0)
     model = load_agent("recurrent-ppo").build(env, seed=0)
     assert isinstance(model.policy, MlpLstmPolicy)
     model.learn(256)
     model.save(tmp_path / "model.zip")
-    from sb3_contrib import RecurrentPPO
-
     assert isinstance(RecurrentPPO.load(tmp_path / "model.zip").policy, MlpLstmPolicy)
