@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch as th
+from minigrid.wrappers import ImgObsWrapper
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.env_util import make_vec_env
 from torch import nn
 
 from sparc_rl.agents import load_agent
-from sparc_rl.lstm_policies import MlpLstmPolicy, process_sequence
+from sparc_rl.lstm_policies import CnnLstmPolicy, MlpLstmPolicy, process_sequence
 
 
 def _inputs(starts_inside: bool) -> tuple[th.Tensor, tuple[th.Tensor, th.Tensor], th.Tensor, nn.LSTM]:
@@ -61,3 +62,10 @@ def test_recurrent_ppo_agent_uses_whole_sequence_policy(tmp_path: Path) -> None:
     model.learn(256)
     model.save(tmp_path / "model.zip")
     assert isinstance(RecurrentPPO.load(tmp_path / "model.zip").policy, MlpLstmPolicy)
+
+
+def test_recurrent_ppo_agent_on_images_uses_whole_sequence_cnn_policy() -> None:
+    env = make_vec_env("MiniGrid-Empty-5x5-v0", n_envs=2, seed=0, wrapper_class=ImgObsWrapper)
+    model = load_agent("recurrent-ppo").build(env, seed=0)
+    assert isinstance(model.policy, CnnLstmPolicy)
+    model.learn(256)
