@@ -79,22 +79,43 @@ class RecurrentCore(nn.Module):
             (cores without memory ignore it)
         :return: outputs ``(time, batch, hidden_size)`` and the final state
         """
-        keep = (1.0 - episode_starts).unsqueeze(-1)
-        inputs = self.input_part(x)
-        outputs = []
-        for t in range(x.shape[0]):
-            out, state = self.step_from_input_part(inputs[t], state * keep[t])
-            outputs.append(out)
-        return th.stack(outputs), state
+        return unroll_together([self], x, [state], episode_starts, [readout])[0]
 
+    # The recurrence that :func:`unroll_together` runs step by step, split so that everything that does
+    # not depend on the previous step runs on the whole sequence at once: training time is per-op
+    # overhead on small tensors, so each op out of the time loop counts.
     def input_part(self, x: th.Tensor) -> th.Tensor:
-        """What a step computes from its input alone, for a whole sequence at once (one matmul
-        instead of one per step); the identity unless a core overrides it."""
-        return x
+        """The input's affine part of the gates, for a whole sequence at once, ``(..., gates)``."""
+        raise NotImplementedError
 
-    def step_from_input_part(self, inputs: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        """:meth:`step` given :meth:`input_part` of its input."""
-        return self.step(inputs, state)
+    def carried(self, state: th.Tensor) -> th.Tensor:
+        """The part of the state that the recurrence updates, ``(batch, carried_size)``."""
+        raise NotImplementedError
+
+    def hidden_weights(self) -> tuple[th.Tensor, th.Tensor]:
+        """Weight ``(gates, hidden)`` and bias ``(gates,)`` of the hidden state's affine part of the gates."""
+        raise NotImplementedError
+
+    def hidden_of(self, carried: th.Tensor) -> th.Tensor:
+        """The hidden vector in a carried state (what :meth:`hidden_weights` reads)."""
+        return carried
+
+    def update(self, input_gates: th.Tensor, hidden_gates: th.Tensor, carried: th.Tensor) -> th.Tensor:
+        """One step of the recurrence on ``(..., carried_size)`` from both affine parts of the gates."""
+        raise NotImplementedError
+
+    def finish(
+        self,
+        carried: th.Tensor,
+        state: th.Tensor,
+        episode_starts: th.Tensor,
+        readout: MemoryReadout | None,
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """Outputs and final state from the carried states along the sequence ``(time, batch, carried_size)``.
+
+        :param state: the state before the first step
+        """
+        return self.hidden_of(carried), carried[-1]
 
     def read_memory(self, x: th.Tensor, state: th.Tensor, episode_starts: th.Tensor) -> MemoryReadout | None:
         """What the frozen memory returns along these sequences (``None`` without filled memory).
@@ -129,12 +150,19 @@ class LSTMCore(RecurrentCore):
     def input_part(self, x: th.Tensor) -> th.Tensor:
         return F.linear(x, self.cell.weight_ih, self.cell.bias_ih)
 
-    def step_from_input_part(self, inputs: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        h, c = state[:, : self.hidden_size], state[:, self.hidden_size :]
-        i, f, g, o = (inputs + F.linear(h, self.cell.weight_hh, self.cell.bias_hh)).chunk(4, dim=-1)
-        c = th.sigmoid(f) * c + th.sigmoid(i) * th.tanh(g)
-        h = th.sigmoid(o) * th.tanh(c)
-        return h, th.cat([h, c], dim=1)
+    def carried(self, state: th.Tensor) -> th.Tensor:
+        return state
+
+    def hidden_weights(self) -> tuple[th.Tensor, th.Tensor]:
+        return self.cell.weight_hh, self.cell.bias_hh
+
+    def hidden_of(self, carried: th.Tensor) -> th.Tensor:
+        return carried[..., : self.hidden_size]
+
+    def update(self, input_gates: th.Tensor, hidden_gates: th.Tensor, carried: th.Tensor) -> th.Tensor:
+        i, f, g, o = (input_gates + hidden_gates).chunk(4, dim=-1)
+        c = th.sigmoid(f) * carried[..., self.hidden_size :] + th.sigmoid(i) * th.tanh(g)
+        return th.cat([th.sigmoid(o) * th.tanh(c), c], dim=-1)
 
 
 class GRUCore(RecurrentCore):
@@ -152,9 +180,14 @@ class GRUCore(RecurrentCore):
     def input_part(self, x: th.Tensor) -> th.Tensor:
         return F.linear(x, self.cell.weight_ih, self.cell.bias_ih)
 
-    def step_from_input_part(self, inputs: th.Tensor, state: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-        h = _gru_update(inputs, F.linear(state, self.cell.weight_hh, self.cell.bias_hh), state)
-        return h, h
+    def carried(self, state: th.Tensor) -> th.Tensor:
+        return state
+
+    def hidden_weights(self) -> tuple[th.Tensor, th.Tensor]:
+        return self.cell.weight_hh, self.cell.bias_hh
+
+    def update(self, input_gates: th.Tensor, hidden_gates: th.Tensor, carried: th.Tensor) -> th.Tensor:
+        return _gru_update(input_gates, hidden_gates, carried)
 
 
 def _gru_update(input_gates: th.Tensor, hidden_gates: th.Tensor, hidden: th.Tensor) -> th.Tensor:
@@ -477,38 +510,41 @@ class SparcCore(RecurrentCore):
             th.stack(memories), th.stack(attentions), th.stack(familiarities), slot_states, evidence, weight
         )
 
-    def unroll(
+    # The recurrence of an unroll is the plastic GRU alone: memory is read first (or taken from the
+    # read-out), without autograd, and the output map and the gate run on the whole sequence after it.
+    def input_part(self, x: th.Tensor) -> th.Tensor:
+        return F.linear(self.input_norm(x), self.cell.weight_ih, self.cell.bias_ih)
+
+    def carried(self, state: th.Tensor) -> th.Tensor:
+        return state[:, : self.hidden_size]
+
+    def hidden_weights(self) -> tuple[th.Tensor, th.Tensor]:
+        return self.cell.weight_hh, self.cell.bias_hh
+
+    def update(self, input_gates: th.Tensor, hidden_gates: th.Tensor, carried: th.Tensor) -> th.Tensor:
+        return _gru_update(input_gates, hidden_gates, carried)
+
+    def finish(
         self,
-        x: th.Tensor,
+        carried: th.Tensor,
         state: th.Tensor,
         episode_starts: th.Tensor,
-        readout: MemoryReadout | None = None,
+        readout: MemoryReadout | None,
     ) -> tuple[th.Tensor, th.Tensor]:
-        """As :meth:`RecurrentCore.unroll`; the frozen memory is read first (or taken from ``readout``),
-        without autograd, then the plastic path and the gate run step by step."""
-        readout = readout if readout is not None else self.read_memory(x, state, episode_starts)
-        keep = (1.0 - episode_starts).unsqueeze(-1)
-        plastic, slots, evidence, weight = self._split(state)
-        # what does not depend on the recurrence, for all steps at once: the input half of the GRU
-        input_gates = F.linear(self.input_norm(x), self.cell.weight_ih, self.cell.bias_ih)
-        outputs, task_head = [], self._has_task_head()
-        for t in range(x.shape[0]):
-            plastic = plastic * keep[t]
-            plastic = _gru_update(input_gates[t], F.linear(plastic, self.cell.weight_hh, self.cell.bias_hh), plastic)
-            plastic_out = self._plastic_output(plastic, task_head)
-            if readout is not None:
-                plastic_out, _ = self._mix(plastic_out, readout.memory[t], readout.attention[t], readout.familiarity[t])
-            outputs.append(plastic_out)
+        outputs = self._plastic_output(carried, self._has_task_head())
+        if readout is not None:
+            outputs, _ = self._mix(outputs, readout.memory, readout.attention, readout.familiarity)
         # what memory does not fill just carries its state, zeroed by any episode start on the way
-        carried = keep.prod(dim=0)
-        final_slots, final_evidence, final_weight = slots * carried.unsqueeze(-1), evidence * carried, weight * carried
+        _, slots, evidence, weight = self._split(state)
+        kept = (1.0 - episode_starts).prod(dim=0).unsqueeze(-1)
+        final_slots, final_evidence, final_weight = slots * kept.unsqueeze(-1), evidence * kept, weight * kept
         if readout is not None:
             n = readout.final_slots.shape[1]
             final_slots = th.cat([readout.final_slots, final_slots[:, n:]], dim=1)
             final_evidence = th.cat([readout.final_evidence, final_evidence[:, n:]], dim=1)
             final_weight = readout.final_weight
-        final = th.cat([plastic, final_slots.reshape(x.shape[1], -1), final_evidence, final_weight], dim=1)
-        return th.stack(outputs), final
+        final = th.cat([carried[-1], final_slots.reshape(state.shape[0], -1), final_evidence, final_weight], dim=1)
+        return outputs, final
 
     # -- memory management ---------------------------------------------------------------------
     def familiarity(self, features: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
@@ -664,6 +700,50 @@ class SparcCore(RecurrentCore):
             stats["router_entropy"] = self._entropy_sum / self._steps_seen
         self._gate_sum, self._entropy_sum, self._steps_seen = 0.0, 0.0, 0
         return stats
+
+
+def unroll_together(
+    cores: list[RecurrentCore],
+    x: th.Tensor,
+    states: list[th.Tensor],
+    episode_starts: th.Tensor,
+    readouts: list[MemoryReadout | None],
+) -> list[tuple[th.Tensor, th.Tensor]]:
+    """Unroll several cores over the same sequences (an actor's and a critic's), as each core's
+    :meth:`~RecurrentCore.unroll` would. Cores of one kind and size share one time loop on stacked
+    weights: each step is then one batched matmul and one set of gate ops for all of them.
+
+    :param x: features, ``(time, batch, input_size)``
+    :param states: each core's state before the first step
+    :param episode_starts: ``(time, batch)``
+    :param readouts: each core's memory read-out (``None``: read it here, for cores with memory)
+    :return: each core's outputs and final state
+    """
+    first = cores[0]
+    if any(type(core) is not type(first) or core.hidden_size != first.hidden_size for core in cores):
+        together = zip(cores, states, readouts, strict=True)
+        return [core.unroll(x, state, episode_starts, readout) for core, state, readout in together]
+    readouts = [
+        readout if readout is not None else core.read_memory(x, state, episode_starts)
+        for core, state, readout in zip(cores, states, readouts, strict=True)
+    ]
+    keep = (1.0 - episode_starts).unsqueeze(-1)
+    input_gates = th.stack([core.input_part(x) for core in cores])  # (cores, time, batch, gates)
+    # (cores, batch, carried)
+    carried = th.stack([core.carried(state) for core, state in zip(cores, states, strict=True)])
+    weights, biases = zip(*(core.hidden_weights() for core in cores), strict=True)
+    weight = th.stack(weights).transpose(1, 2)  # (cores, hidden, gates)
+    bias = th.stack(biases).unsqueeze(1)
+    steps = []
+    for t in range(x.shape[0]):
+        carried = carried * keep[t]
+        carried = first.update(input_gates[:, t], th.baddbmm(bias, first.hidden_of(carried), weight), carried)
+        steps.append(carried)
+    along = th.stack(steps, dim=1)  # (cores, time, batch, carried)
+    return [
+        core.finish(along[i], state, episode_starts, readout)
+        for i, (core, state, readout) in enumerate(zip(cores, states, readouts, strict=True))
+    ]
 
 
 CORES: dict[str, type[RecurrentCore]] = {"sparc": SparcCore, "lstm": LSTMCore, "gru": GRUCore}

@@ -12,7 +12,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Flatten
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
-from sparc_rl.cores import MemoryReadout, RecurrentCore, SparcCore, make_core
+from sparc_rl.cores import MemoryReadout, RecurrentCore, SparcCore, make_core, unroll_together
 from sparc_rl.errors import ConfigError
 
 
@@ -268,9 +268,9 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
             computed (see :meth:`read_memories`)
         """
         features = self._sequence_features(obs, episode_starts)
-        actor_state, critic_state = self._split_state(state)
-        latent_pi = self._actor_latents(features, actor_state, episode_starts, readouts[0])
-        latent_vf, _ = self.critic_core.unroll(features, critic_state, episode_starts, readouts[1])
+        cores, states = [self.actor_core, self.critic_core], list(self._split_state(state))
+        (latent_pi, _), (latent_vf, _) = unroll_together(cores, features, states, episode_starts, list(readouts))
+        latent_pi = self.mlp_extractor.forward_actor(latent_pi.reshape(-1, latent_pi.shape[-1]))
         latent_vf = self.mlp_extractor.forward_critic(latent_vf.reshape(-1, latent_vf.shape[-1]))
         distribution = self._get_action_dist_from_latent(latent_pi)
         return self.value_net(latent_vf), distribution.log_prob(actions), distribution.entropy()
@@ -279,14 +279,8 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         features = _as_tensor(self.extract_features(obs, self.features_extractor))
         return features.reshape(*episode_starts.shape, -1)
 
-    def _actor_latents(
-        self,
-        features: th.Tensor,
-        actor_state: th.Tensor,
-        episode_starts: th.Tensor,
-        readout: MemoryReadout | None = None,
-    ) -> th.Tensor:
-        latent_pi, _ = self.actor_core.unroll(features, actor_state, episode_starts, readout)
+    def _actor_latents(self, features: th.Tensor, actor_state: th.Tensor, episode_starts: th.Tensor) -> th.Tensor:
+        latent_pi, _ = self.actor_core.unroll(features, actor_state, episode_starts)
         return self.mlp_extractor.forward_actor(latent_pi.reshape(-1, latent_pi.shape[-1]))
 
     @th.no_grad()

@@ -1,7 +1,7 @@
 import pytest
 import torch as th
 
-from sparc_rl.cores import CORES, SparcCore, make_core
+from sparc_rl.cores import CORES, SparcCore, make_core, unroll_together
 from sparc_rl.errors import ConfigError
 
 INPUT, HIDDEN = 6, 8
@@ -46,6 +46,37 @@ def test_unroll_equals_stepping_one_step_at_a_time(name, filled):
         stepped.append(out)
     assert th.allclose(outs, th.stack(stepped), atol=1e-6)
     assert th.allclose(final, state, atol=1e-6)
+
+
+@pytest.mark.parametrize("kinds", [("sparc", "sparc"), ("lstm", "lstm"), ("gru", "gru"), ("lstm", "sparc")])
+def test_unrolling_cores_together_equals_unrolling_each(kinds):
+    """Actor and critic share one time loop on stacked weights: outputs, final states and gradients
+    must be those of separate unrolls (memory read-outs and task heads included)."""
+    cores = [_filled_sparc(readout_size=5) if kind == "sparc" else make_core(kind, INPUT, HIDDEN) for kind in kinds]
+    for core in cores:
+        if isinstance(core, SparcCore):
+            core.attach_readout(th.randn(5, HIDDEN), th.randn(5))
+            th.nn.init.normal_(core.cell.weight_hh)  # differ from the other core
+    x, starts = th.randn(7, 3, INPUT), th.zeros(7, 3)
+    starts[3, 1] = 1.0
+    states = [th.randn(3, core.state_size) for core in cores]
+
+    def loss_and_grads(together: bool) -> tuple[list[th.Tensor], list[th.Tensor]]:
+        for core in cores:
+            core.zero_grad()
+        if together:
+            results = unroll_together(cores, x, states, starts, [None, None])
+        else:
+            results = [core.unroll(x, state, starts) for core, state in zip(cores, states, strict=True)]
+        sum(out.pow(2).sum() + out.sum() for out, _ in results).backward()
+        grads = [p.grad.clone() for core in cores for p in core.parameters() if p.grad is not None]
+        return [t for result in results for t in result], grads
+
+    together, together_grads = loss_and_grads(True)
+    separate, separate_grads = loss_and_grads(False)
+    assert len(together_grads) == len(separate_grads) > 0
+    for a, b in zip(together + together_grads, separate + separate_grads, strict=True):
+        assert th.allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(CORES))
