@@ -1,9 +1,8 @@
 """Plasticity probe: does a SPARC agent learn the next task from a task-end checkpoint?
 
-Loads a bench run's task-end checkpoint (taken after consolidation and the plastic path's restart,
-as the checkpoint's version did it: before 2026-11-25, Gaussian noise of spread 0.07; since, PyTorch's
-initialisation), then trains the curriculum's next task side by side in two ways: as the runner would
-(``as-is``) and with the plastic GRUs re-initialised by PyTorch and the optimiser state dropped
+Loads a bench run's task-end checkpoint (taken after consolidation and the plastic path's
+shrink-and-perturb restart), then trains the curriculum's next task side by side in two ways: as the
+runner would (``as-is``) and with the plastic GRUs re-initialised and the optimiser state dropped
 (``reinit``). Success (10 episodes) and the gate mean are recorded every fifth of the budget.
 
     python benchmarks/plasticity_probe.py --curriculum minigrid-skills --task dist-shift \\
