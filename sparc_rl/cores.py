@@ -246,8 +246,8 @@ class SparcCore(RecurrentCore):
     :param shrink: plastic weights are multiplied by this after consolidation (shrink-and-perturb;
         the default 0 re-initialises the plastic GRU: the skill is in memory, and a policy that starts
         the next task from the old skill's near-deterministic actions explores too little to learn it)
-    :param perturb: scale of the fresh initialisation (PyTorch's, as the first task's) added to the
-        shrunk plastic weights after consolidation
+    :param perturb: scale of the noise added to the plastic weights after consolidation (0.07 is about
+        the spread of a freshly initialised GRU of hidden size 64)
     :param write_only_novel: consolidation writes a slot only when the task's contexts were mostly
         unfamiliar (memory did not already serve it)
     :param readout_size: output size of the frozen linear read-out (head) the policy puts after this
@@ -289,7 +289,7 @@ class SparcCore(RecurrentCore):
         router_temperature: float = 1.0,
         memory_policy: str = "evict",
         shrink: float = 0.0,
-        perturb: float = 1.0,
+        perturb: float = 0.07,
         write_only_novel: bool = True,
         readout_size: int = 0,
         readout_gain: float = 1.0,
@@ -672,14 +672,9 @@ class SparcCore(RecurrentCore):
 
         Measured on minigrid-skills, seed 2: with the GRU alone restarted, door-key stayed at 0.0
         success for 120k steps; with its input norm and optimiser moments restarted too (see the
-        policy's ``restore_plasticity``), 1.0 at 30k. The GRU restarts from PyTorch's initialisation
-        (the default ``shrink=0``, ``perturb=1``): from three door-key task-end checkpoints, dist-shift
-        stayed at 0.0 for 61k steps after a restart to Gaussian noise of the same spread (0.07), and
-        reached 1.0 by 25k-37k steps from PyTorch's initialisation (``benchmarks/plasticity_probe.py``)."""
-        trained = [param.clone() for param in self.cell.parameters()]
-        self.cell.reset_parameters()
-        for param, old in zip(self.cell.parameters(), trained, strict=True):
-            param.mul_(self.perturb).add_(self.shrink * old)
+        policy's ``restore_plasticity``), 1.0 at 30k."""
+        for param in self.cell.parameters():
+            param.mul_(self.shrink).add_(self.perturb * th.randn_like(param))
         self.input_norm.weight.mul_(self.shrink).add_(1.0 - self.shrink)
         self.input_norm.bias.mul_(self.shrink)
         self.gate_weights.fill_(self.INITIAL_GATE_LOGIT / self.gate_speed)

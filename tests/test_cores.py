@@ -138,22 +138,6 @@ def test_consolidation_copies_plastic_path_into_slot():
     assert not th.allclose(core.plastic_step(x, h)[0], plastic_out, atol=1e-4)
 
 
-def test_restoring_plasticity_restarts_the_plastic_gru_as_pytorch_initialises_it():
-    th.manual_seed(0)
-    core = SparcCore(INPUT, HIDDEN, n_slots=2)
-    with th.no_grad():
-        for param in core.cell.parameters():
-            param.fill_(3.0)  # far outside PyTorch's initial range
-    core.restore_plasticity()
-    bound = HIDDEN**-0.5  # nn.GRUCell draws every weight from U(-1/sqrt(hidden), 1/sqrt(hidden))
-    for param in core.cell.parameters():
-        assert param.abs().max() <= bound and param.std() > bound / 4
-    kept = SparcCore(INPUT, HIDDEN, n_slots=2, shrink=1.0, perturb=0.0)  # the no-memory ablation's setting
-    before = [param.clone() for param in kept.cell.parameters()]
-    kept.restore_plasticity()
-    assert all(th.equal(a, b) for a, b in zip(before, kept.cell.parameters(), strict=True))
-
-
 def test_a_slot_keeps_its_tasks_head_through_the_frozen_read_out():
     """After attach_readout each task trains its own head; its slot must still read as that head."""
     core = _filled_sparc(filled=0, readout_size=3, readout_gain=0.01)
