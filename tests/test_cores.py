@@ -1,7 +1,7 @@
 import pytest
 import torch as th
 
-from sparc_rl.cores import CORES, SparcCore, make_core, unroll_together
+from sparc_rl.cores import CORES, SparcCore, make_core, normed_linear, unroll_together
 from sparc_rl.errors import ConfigError
 
 INPUT, HIDDEN = 6, 8
@@ -289,3 +289,25 @@ def test_the_learned_gate_moves_gate_speed_times_faster_and_recalibrates_at_a_re
     assert th.allclose(step[step > 0], th.tensor(50.0 * 1e-3), rtol=1e-3)  # Adam's first step: lr per weight
     core.restore_plasticity()
     assert th.allclose(core.gate_speed * core.gate_weights.detach(), th.tensor(SparcCore.INITIAL_GATE_LOGIT))
+
+
+def test_normed_linear_gives_layer_norm_then_linear_and_its_gradients():
+    """The input part's cheaper backward (for inputs that need no gradient) must give PyTorch's gradients."""
+    th.manual_seed(0)
+    norm, linear = th.nn.LayerNorm(INPUT, dtype=th.float64), th.nn.Linear(INPUT, 12, dtype=th.float64)
+    with th.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = th.randn(5, 3, INPUT, dtype=th.float64)
+    parameters = [norm.weight, norm.bias, linear.weight, linear.bias]
+
+    def outputs_and_gradients(fn) -> list[th.Tensor]:
+        out = fn(x, norm, linear.weight, linear.bias)
+        grads = th.autograd.grad((out.pow(3) + out).sum(), parameters)
+        return [out, *grads]
+
+    cheap = outputs_and_gradients(normed_linear)
+    reference = outputs_and_gradients(lambda x, n, w, b: th.nn.functional.linear(n(x), w, b))
+    for a, b in zip(cheap, reference, strict=True):
+        assert th.allclose(a, b, atol=1e-10)
+    assert type(normed_linear(x, norm, linear.weight, linear.bias).grad_fn).__name__ == "_NormedLinearBackward"
