@@ -1,9 +1,10 @@
 """Plasticity probe: does a SPARC agent learn the next task from a task-end checkpoint?
 
 Loads a bench run's task-end checkpoint (taken after consolidation and the plastic path's
-shrink-and-perturb restart), then trains the curriculum's next task side by side in two ways: as the
-runner would (``as-is``) and with the plastic GRUs re-initialised and the optimiser state dropped
-(``reinit``). Success (10 episodes) and the gate mean are recorded every fifth of the budget.
+shrink-and-perturb restart), then trains the curriculum's next task side by side in three ways: as the
+runner would (``as-is``), with the plastic GRUs re-initialised and the optimiser state dropped
+(``reinit``), and with memory not read at all (``memory-off``: the plastic path alone, as the runner
+restarted it). Success (10 episodes) and the gate mean are recorded every fifth of the budget.
 
     python benchmarks/plasticity_probe.py --curriculum minigrid-skills --task dist-shift \\
         --checkpoint benchmarks/results/bench-minigrid/runs/sparc-seed1/checkpoints/task-2-door-key.zip \\
@@ -26,7 +27,7 @@ from sparc_rl.curriculum import load_curriculum
 from sparc_rl.evaluation import evaluate_task
 from sparc_rl.ppo import SparcPPO
 
-VARIANTS = ("as-is", "reinit")
+VARIANTS = ("as-is", "reinit", "memory-off")
 
 
 def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: int, steps: int) -> list[str]:
@@ -41,6 +42,9 @@ def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: 
         for core in (model.policy.actor_core, model.policy.critic_core):
             core.cell.reset_parameters()
         model.policy._forget_optimizer_state()
+    if variant == "memory-off":  # the slots stay, but no core reads them: the plastic path alone acts
+        for core in (model.policy.actor_core, model.policy.critic_core):
+            core.n_filled.fill_(0)
     model.start_task(task.name)
     cells = []
     for _ in range(5):
@@ -72,14 +76,15 @@ def main() -> None:
             "# Plasticity probe: learning the next task from a task-end checkpoint",
             "",
             "Success over 10 episodes (gate mean) at each fifth of the budget; `as-is` trains as the runner",
-            "does, `reinit` re-initialises the plastic GRUs and drops the optimiser state first.",
+            "does, `reinit` re-initialises the plastic GRUs and drops the optimiser state first, `memory-off`",
+            "reads no memory slot.",
             "",
         ]
     lines += [
         f"## {args.task} from `{args.checkpoint}`, seed {args.seed}",
         "",
         f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {platform.platform()}, "
-        f"torch {torch.__version__}, {time.time() - start:.0f} s for both. Command: `python "
+        f"torch {torch.__version__}, {time.time() - start:.0f} s for all. Command: `python "
         f"benchmarks/plasticity_probe.py --curriculum {args.curriculum} --task {args.task} --checkpoint "
         f"{args.checkpoint} --seed {args.seed} --steps {args.steps}`",
         "",
