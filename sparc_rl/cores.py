@@ -217,7 +217,7 @@ class _NormedLinear(th.autograd.Function):
 def normed_linear(x: th.Tensor, norm: nn.LayerNorm, weight: th.Tensor, bias: th.Tensor) -> th.Tensor:
     """``F.linear(norm(x), weight, bias)``; when training with inputs that need no gradient (raw
     observations), with :class:`_NormedLinear`'s cheaper backward. On MiniGrid's 980-wide one-hot
-    views the matmuls with the input are most of SPARC's training time."""
+    views the matmuls with the input are the largest single cost of SPARC's training."""
     if x.requires_grad or not th.is_grad_enabled():
         return F.linear(norm(x), weight, bias)
     return _NormedLinear.apply(x, norm.weight, norm.bias, weight, bias)
