@@ -1,10 +1,11 @@
 """Plasticity probe: does a SPARC agent learn the next task from a task-end checkpoint?
 
 Loads a bench run's task-end checkpoint (taken after consolidation and the plastic path's
-shrink-and-perturb restart), then trains the curriculum's next task side by side in three ways: as the
+shrink-and-perturb restart), then trains the curriculum's next task side by side in four ways: as the
 runner would (``as-is``), with the plastic GRUs re-initialised and the optimiser state dropped
-(``reinit``), and with memory not read at all (``memory-off``: the plastic path alone, as the runner
-restarted it). Success (10 episodes) and the gate mean are recorded every fifth of the budget.
+(``reinit``), with memory not read at all (``memory-off``: the plastic path alone, as the runner
+restarted it), and, as a control, the same agent untrained (``scratch``). Success (10 episodes) and
+the gate mean are recorded every fifth of the budget.
 
     python benchmarks/plasticity_probe.py --curriculum minigrid-skills --task dist-shift \\
         --checkpoint benchmarks/results/bench-minigrid/runs/sparc-seed1/checkpoints/task-2-door-key.zip \\
@@ -27,7 +28,7 @@ from sparc_rl.curriculum import load_curriculum
 from sparc_rl.evaluation import evaluate_task
 from sparc_rl.ppo import SparcPPO
 
-VARIANTS = ("as-is", "reinit", "memory-off")
+VARIANTS = ("as-is", "reinit", "memory-off", "scratch")
 
 
 def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: int, steps: int) -> list[str]:
@@ -36,7 +37,17 @@ def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: 
     index = loaded.task_names.index(task_name)
     task = loaded.tasks[index]
     env = make_vec_env(task.make_env, n_envs=8, seed=seed * 7919 + 5)
-    model = SparcPPO.load(checkpoint, env=env, device="cpu")
+    if variant == "scratch":  # the control: the checkpoint's agent settings, untrained, on the same envs
+        model = SparcPPO.load(checkpoint, device="cpu")
+        model = SparcPPO(
+            type(model.policy),
+            env,
+            **{key: getattr(model, key) for key in ("n_steps", "batch_size", "n_epochs", "seq_len", "ent_coef")},
+            policy_kwargs=model.policy_kwargs,
+            seed=seed,
+        )
+    else:
+        model = SparcPPO.load(checkpoint, env=env, device="cpu")
     model.set_random_seed(seed)
     if variant == "reinit":
         for core in (model.policy.actor_core, model.policy.critic_core):
@@ -77,7 +88,7 @@ def main() -> None:
             "",
             "Success over 10 episodes (gate mean) at each fifth of the budget; `as-is` trains as the runner",
             "does, `reinit` re-initialises the plastic GRUs and drops the optimiser state first, `memory-off`",
-            "reads no memory slot.",
+            "reads no memory slot, `scratch` trains the same agent untrained.",
             "",
         ]
     lines += [
