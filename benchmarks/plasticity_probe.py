@@ -1,10 +1,12 @@
 """Plasticity probe: does a SPARC agent learn the next task from a task-end checkpoint?
 
 Loads a bench run's task-end checkpoint (taken after consolidation and the plastic path's
-shrink-and-perturb restart), then trains the curriculum's next task side by side in four ways: as the
+shrink-and-perturb restart), then trains the curriculum's next task side by side in five ways: as the
 runner would (``as-is``), with the plastic GRUs re-initialised and the optimiser state dropped
 (``reinit``), with memory not read at all (``memory-off``: the plastic path alone, as the runner
-restarted it), and, as a control, the same agent untrained (``scratch``). Success (10 episodes) and
+restarted it), with no memory read and the action and value heads trained directly from a fresh
+start instead of each task's heads through the first task's frozen ones (``direct-heads``), and, as a
+control, the same agent untrained (``scratch``). Success (10 episodes) and
 the gate mean are recorded every fifth of the budget.
 
     python benchmarks/plasticity_probe.py --curriculum minigrid-skills --task dist-shift \\
@@ -28,7 +30,7 @@ from sparc_rl.curriculum import load_curriculum
 from sparc_rl.evaluation import evaluate_task
 from sparc_rl.ppo import SparcPPO
 
-VARIANTS = ("as-is", "reinit", "memory-off", "scratch")
+VARIANTS = ("as-is", "reinit", "memory-off", "direct-heads", "scratch")
 
 
 def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: int, steps: int) -> list[str]:
@@ -53,9 +55,23 @@ def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: 
         for core in (model.policy.actor_core, model.policy.critic_core):
             core.cell.reset_parameters()
         model.policy._forget_optimizer_state()
-    if variant == "memory-off":  # the slots stay, but no core reads them: the plastic path alone acts
+    if variant in ("memory-off", "direct-heads"):  # the slots stay, but no core reads them
         for core in (model.policy.actor_core, model.policy.critic_core):
             core.n_filled.fill_(0)
+    if variant == "direct-heads":  # and the action and value heads train directly, fresh, as from scratch
+        policy = model.policy
+        with torch.no_grad():
+            for core, head, gain in (
+                (policy.actor_core, policy.action_net, 0.01),
+                (policy.critic_core, policy.value_net, 1),
+            ):
+                core.readout_attached.fill_(False)
+                core.task_head.requires_grad_(False)
+                torch.nn.init.orthogonal_(head.weight, gain=gain)
+                head.bias.zero_()
+                head.requires_grad_(True)
+                for param in head.parameters():
+                    model.policy.optimizer.state.pop(param, None)
     model.start_task(task.name)
     cells = []
     for _ in range(5):
@@ -75,10 +91,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=61440)
     parser.add_argument("--out", default="benchmarks/results/plasticity_probe.md")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
     args = parser.parse_args()
     start = time.time()
-    jobs = [(v, args.curriculum, args.task, args.checkpoint, args.seed, args.steps) for v in VARIANTS]
-    with multiprocessing.get_context("fork").Pool(len(VARIANTS)) as pool:
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
+    jobs = [(v, args.curriculum, args.task, args.checkpoint, args.seed, args.steps) for v in variants]
+    with multiprocessing.get_context("fork").Pool(len(variants)) as pool:
         results = pool.starmap(probe, jobs)
     out = Path(args.out)
     lines = []
@@ -88,7 +109,8 @@ def main() -> None:
             "",
             "Success over 10 episodes (gate mean) at each fifth of the budget; `as-is` trains as the runner",
             "does, `reinit` re-initialises the plastic GRUs and drops the optimiser state first, `memory-off`",
-            "reads no memory slot, `scratch` trains the same agent untrained.",
+            "reads no memory slot, `direct-heads` also trains fresh action and value heads directly,",
+            "`scratch` trains the same agent untrained.",
             "",
         ]
     lines += [
@@ -97,12 +119,12 @@ def main() -> None:
         f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}. Machine: {platform.platform()}, "
         f"torch {torch.__version__}, {time.time() - start:.0f} s for all. Command: `python "
         f"benchmarks/plasticity_probe.py --curriculum {args.curriculum} --task {args.task} --checkpoint "
-        f"{args.checkpoint} --seed {args.seed} --steps {args.steps}`",
+        f"{args.checkpoint} --seed {args.seed} --steps {args.steps} --variants {args.variants}`",
         "",
         "| variant | " + " | ".join(f"{args.steps * k // 5} steps" for k in range(1, 6)) + " |",
         "|---|" + "---|" * 5,
     ]
-    lines += [f"| {variant} | " + " | ".join(cells) + " |" for variant, cells in zip(VARIANTS, results, strict=True)]
+    lines += [f"| {variant} | " + " | ".join(cells) + " |" for variant, cells in zip(variants, results, strict=True)]
     with out.open("a") as file:
         file.write("\n".join(lines) + "\n\n")
     print("\n".join(lines))
