@@ -272,7 +272,8 @@ class SparcCore(RecurrentCore):
     :param gate_speed: the learned gate logits are stored divided by this, so that under the
         optimiser shared with the other weights they move this many times faster (Adam's steps are
         about the learning rate whatever the gradient's scale). 30 over 100: the same garden scores
-        (3 seeds: 0.85 against 0.84 average) and more MiniGrid skills learned (0.92 against 0.83)
+        (3 seeds: 0.85 against 0.84 average) and more MiniGrid skills learned (0.92 against 0.83,
+        in an earlier version's bench)
     :param router_temperature: softness of the slot attention, in nats (0: only the best key's slot is read)
     :param memory_policy: what to do when all slots are full: ``"evict"`` the least used slot or
         ``"merge"`` the two slots with the closest keys
