@@ -7,7 +7,8 @@ runner would (``as-is``), with the plastic GRUs re-initialised and the optimiser
 restarted it), with no memory read and the action and value heads trained directly from a fresh
 start instead of each task's heads through the first task's frozen ones (``direct-heads``), and, as a
 control, the same agent untrained (``scratch``). Success (10 episodes) and
-the gate mean are recorded every fifth of the budget.
+the gate mean are recorded every fifth of the budget. Every variant starts from a fresh random state
+(``--seed``), unlike a run that trains on in memory and carries its random state into the stage.
 
     python benchmarks/plasticity_probe.py --curriculum minigrid-skills --task dist-shift \\
         --checkpoint benchmarks/results/bench-minigrid/runs/sparc-seed1/checkpoints/task-2-door-key.zip \\
