@@ -249,9 +249,13 @@ class ContinualRunner:
         return runner
 
     # -- helpers -------------------------------------------------------------------------------
+    def _stage_seed(self, stage: int) -> int:
+        """Seed of task ``stage``'s training envs and of the random draws while training on it."""
+        return self.seed * 7919 + 101 * (stage + 1)
+
     def _make_train_env(self, stage: int) -> Any:
         task = self.curriculum.tasks[stage]
-        return make_vec_env(task.make_env, n_envs=self.agent.n_envs, seed=self.seed * 7919 + 101 * (stage + 1))
+        return make_vec_env(task.make_env, n_envs=self.agent.n_envs, seed=self._stage_seed(stage))
 
     def _eval_seed(self) -> int:
         return self.seed * 10007 + 1
@@ -409,6 +413,10 @@ class ContinualRunner:
         if stage != self._env_stage:
             model.set_env(self._make_train_env(stage))
             self._env_stage = stage
+        if not resuming_inside:
+            # each task starts from its own seed, so a run resumed at a task boundary continues exactly
+            # as the uninterrupted run would (a checkpoint does not carry the random generators)
+            model.set_random_seed(self._stage_seed(stage))
         if announced and isinstance(model, SparcPPO) and not resuming_inside:
             model.start_task(task.name)
         callback = _ProgressCallback(bar)
@@ -489,7 +497,7 @@ class ContinualRunner:
 
     def _train_reference(self, task: TaskSpec, index: int) -> list[tuple[int, float]]:
         """Train the reference agent on one task from scratch: (steps, success) at each evaluation."""
-        env = make_vec_env(task.make_env, n_envs=self.reference_agent.n_envs, seed=self.seed * 7919 + 101 * (index + 1))
+        env = make_vec_env(task.make_env, n_envs=self.reference_agent.n_envs, seed=self._stage_seed(index))
         model = self.reference_agent.build(env, seed=self.seed, algorithm_overrides=self.curriculum.algorithm_kwargs)
         curve = []
         done = 0

@@ -114,6 +114,30 @@ def test_same_seed_same_score_matrix(tmp_path):
         assert th.equal(p1, p2), name
 
 
+def test_a_run_resumed_at_a_task_boundary_continues_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch):
+    uninterrupted = _tiny_run(tmp_path / "whole")
+    run_stage = ContinualRunner._run_stage
+
+    def stop_before_the_second_task(self, stage, *args):
+        if stage == 1:
+            raise KeyboardInterrupt
+        run_stage(self, stage, *args)
+
+    monkeypatch.setattr(ContinualRunner, "_run_stage", stop_before_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tmp_path / "split")
+    monkeypatch.setattr(ContinualRunner, "_run_stage", run_stage)
+    resumed = ContinualRunner.resume(tmp_path / "split", progress=False)
+    assert resumed.state.stage == 1 and resumed.state.steps_in_stage == 0
+    resumed.run()
+    assert resumed.state.matrix == uninterrupted.state.matrix
+    assert resumed.state.returns_history == uninterrupted.state.returns_history
+    for (name, p1), (_, p2) in zip(
+        uninterrupted.model.policy.state_dict().items(), resumed.model.policy.state_dict().items(), strict=True
+    ):
+        assert th.equal(p1, p2), name
+
+
 def test_resume_with_a_truncated_checkpoint_is_a_clear_error_and_changes_nothing(tmp_path, capsys):
     runner = _tiny_run(tmp_path / "run")
     state = json.loads((runner.run_dir / "state.json").read_text())
