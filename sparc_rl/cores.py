@@ -288,6 +288,8 @@ class SparcCore(RecurrentCore):
         core; with it, each task after :meth:`attach_readout` trains its own head (0: no task heads)
     :param readout_gain: orthogonal-init gain of each task's head (SB3's: 0.01 for action logits,
         1 for values)
+    :param restart_head: each task after the first starts a fresh head and output norm (``False``:
+        it continues from the last task's, as fine-tuning does)
     """
 
     slot_weight_in: th.Tensor
@@ -327,6 +329,7 @@ class SparcCore(RecurrentCore):
         write_only_novel: bool = True,
         readout_size: int = 0,
         readout_gain: float = 1.0,
+        restart_head: bool = True,
     ) -> None:
         super().__init__(input_size, hidden_size)
         if n_slots < 0:
@@ -352,6 +355,7 @@ class SparcCore(RecurrentCore):
         self.perturb = perturb
         self.write_only_novel = write_only_novel
         self.readout_gain = readout_gain
+        self.restart_head = restart_head
         self.state_size = hidden_size * (1 + n_slots) + n_slots + 1
 
         self.input_norm = nn.LayerNorm(input_size)
@@ -681,7 +685,12 @@ class SparcCore(RecurrentCore):
         self.readout_bias.copy_(bias)
         self.readout_attached.fill_(True)
         self.task_head.requires_grad_(True)
-        self.restart_output()
+        if self.restart_head:
+            self.restart_output()
+        else:  # the first task's head goes on as the next task's: the read-out maps back to it
+            with th.no_grad():
+                self.task_head.weight.copy_(weight)
+                self.task_head.bias.copy_(bias)
 
     @th.no_grad()
     def restart_output(self) -> None:
@@ -693,6 +702,8 @@ class SparcCore(RecurrentCore):
         0.2 success for 100k steps after the empty room (1.0 at 60k after a restart)."""
         if self.task_head is None or not bool(self.readout_attached):
             raise ConfigError("restart_output needs a read-out; call attach_readout first.")
+        if not self.restart_head:
+            return
         self.output_norm.weight.fill_(1.0)
         self.output_norm.bias.zero_()
         nn.init.orthogonal_(self.task_head.weight, gain=self.readout_gain)

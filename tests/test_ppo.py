@@ -333,3 +333,76 @@ def test_a_restarted_plastic_path_starts_with_fresh_optimizer_state(close):
     assert not any(p in state for p in restarted)
     assert kept and all(p in state for p in kept)
     assert th.all(core.input_norm.weight == 1.0)  # shrink 0: back to the identity
+
+
+def _finish_episodes(model: SparcPPO, successes: list[bool]) -> None:
+    """As if the current skill's training had just finished these episodes."""
+    model.ep_success_buffer.extend(successes)
+    model._skill_episodes += len(successes)
+
+
+@pytest.mark.parametrize("consolidate_best", [True, False])
+def test_a_skill_is_written_as_it_was_at_its_best_training_success(consolidate_best):
+    model = small_model("sparc", n_slots=2, core_kwargs={"write_only_novel": False})
+    model.consolidate_best = consolidate_best
+    model.start_task("a")
+    model.learn(64)
+    core = model.policy.actor_core
+    _finish_episodes(model, [True] * 100)
+    model._remember_best_skill()
+    at_best = core.cell.weight_hh.clone()
+    with th.no_grad():  # training goes on and the policy falls back
+        core.cell.weight_hh.add_(1.0)
+    fallen = core.cell.weight_hh.clone()
+    _finish_episodes(model, [False] * 40 + [True] * 60)
+    model._remember_best_skill()
+    assert model.end_task() and int(core.n_filled) == 1
+    assert th.equal(core.slot_weight_hh[0], at_best if consolidate_best else fallen)
+    assert model._best_skill is None  # the next skill starts its own record
+
+
+def test_the_best_skill_is_recorded_only_once_a_full_window_belongs_to_it():
+    model = small_model("sparc", n_slots=2)
+    model.learn(64)
+    model.start_task("a")
+    model.ep_success_buffer.clear()
+    _finish_episodes(model, [True] * 99)
+    model._remember_best_skill()
+    assert model._best_skill is None
+    _finish_episodes(model, [True])
+    model._remember_best_skill()
+    assert model._best_skill is not None and model._best_skill[0] == 1.0
+    model.start_task("b")  # the window now holds the last task's episodes
+    model._remember_best_skill()
+    assert model._best_skill is None
+
+
+def test_collected_rollouts_count_the_skills_episodes():
+    model = small_model("sparc")
+    model.start_task("a")
+    model.learn(256)
+    assert model._skill_episodes == sum(1 for info in model.ep_info_buffer) > 0
+
+
+def test_a_core_that_keeps_its_head_continues_the_last_task_unchanged():
+    """restart_head=False: after consolidation the policy acts exactly as before (fine-tuning onwards)."""
+    model = small_model("sparc", n_slots=2, core_kwargs={"shrink": 1.0, "perturb": 0.0, "restart_head": False})
+    model.learn(64)
+    obs = th.as_tensor(masked_cartpole(16, seed=5).reset(), dtype=th.float32)
+    state = th.zeros(16, model.policy.state_size)
+    starts = th.ones(1, 16)
+
+    def logits_and_values() -> tuple[th.Tensor, th.Tensor]:
+        with th.no_grad():
+            return (
+                model.policy.action_logits_sequences(obs, state, starts),
+                model.policy.predict_values_step(obs, state, starts[0]),
+            )
+
+    before = logits_and_values()
+    for _ in range(2):  # the first consolidation attaches the task heads, the second restarts them
+        model.consolidate()
+        model.policy.actor_core.n_filled.fill_(0)  # read the plastic path alone
+        model.policy.critic_core.n_filled.fill_(0)
+        after = logits_and_values()
+        assert th.allclose(before[0], after[0], atol=1e-4) and th.allclose(before[1], after[1], atol=1e-4)
