@@ -45,8 +45,9 @@ class SparcPPO(PPO):
         rate reaches this (``None``: always)
     :param consolidate_best: a skill is written into memory as the policy was when its training success
         rate (over its last ``stats_window_size`` episodes) was highest, not as the budget left it:
-        PPO's policy can fall back late in a task (minigrid-skills seed 0: lava-gap read 1.0 success
-        at 80k steps and 0.6 at the task's end, 100k)
+        PPO's policy can fall back late in a task (minigrid-skills, the fine-tuning trial in
+        ``benchmarks/results/minigrid-sparc-finetune.md``, seeds 1 and 2: lava-gap read 1.0 from 20k to
+        80k steps and 0.0 / 0.3 at the task's end; written at its best, 1.0 after it)
     :param kwargs: as :class:`stable_baselines3.PPO` (``n_steps``, ``batch_size``, ``n_epochs``, ...)
     """
 
