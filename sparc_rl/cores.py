@@ -123,12 +123,14 @@ class RecurrentCore(nn.Module):
         It does not change while the trainable parts learn, so one read-out serves every epoch."""
         return None
 
-    def consolidate(self, features: th.Tensor, episode_starts: th.Tensor) -> None:
+    def consolidate(self, features: th.Tensor, episode_starts: th.Tensor) -> int | None:
         """Write the current skill into memory (cores without memory do nothing).
 
         :param features: features seen on the current task, ``(time, batch, input_size)``
         :param episode_starts: episode start flags, ``(time, batch)``
+        :return: the memory slot written, ``None`` if none
         """
+        return None
 
     def diagnostics(self) -> dict[str, float]:
         """Internal statistics worth logging (gate, router, slots); empty for plain cores."""
@@ -594,16 +596,18 @@ class SparcCore(RecurrentCore):
         return self._route(self.running_evidence(self.key_nll(features, n), episode_starts))[1]
 
     @th.no_grad()
-    def consolidate(self, features: th.Tensor, episode_starts: th.Tensor) -> None:
+    def consolidate(self, features: th.Tensor, episode_starts: th.Tensor) -> int | None:
+        """Write the plastic path's skill into a slot (keyed by ``features``), then restart the plastic
+        path; returns the slot written, or ``None`` when nothing was written."""
         self.n_consolidations += 1
         if self.n_slots == 0:
             self.restore_plasticity()
-            return
+            return None
         if self.write_only_novel and float(self.familiarity(features, episode_starts).mean()) >= 0.5:
             # Memory served this task: the plastic path is only a residual on top of it, not a skill
             # that could stand alone in a slot. Keep memory as it is.
             self.restore_plasticity()
-            return
+            return None
         flat = features.reshape(-1, self.input_size)
         mean = flat.mean(0)
         var = flat.var(0, unbiased=False).clamp_min(self.min_variance)
@@ -625,6 +629,7 @@ class SparcCore(RecurrentCore):
         self.slot_usage[slot] = 0.0
         self.n_filled.fill_(max(int(self.n_filled), slot + 1))
         self.restore_plasticity()
+        return slot
 
     def _free_slot(self) -> int:
         n = int(self.n_filled)
@@ -723,6 +728,38 @@ class SparcCore(RecurrentCore):
         self.input_norm.weight.mul_(self.shrink).add_(1.0 - self.shrink)
         self.input_norm.bias.mul_(self.shrink)
         self.gate_weights.fill_(self.INITIAL_GATE_LOGIT / self.gate_speed)
+
+    @th.no_grad()
+    def start_from_slot(self, slot: int) -> None:
+        """Make the plastic path a trainable copy of a slot's skill, to start a task that may reuse it.
+
+        The slot's folded input norm goes into the GRU's input weights (the input norm becomes the
+        identity), and its output map into the task head (the output norm becomes the identity): with a
+        task head ``U, u`` behind the frozen read-out ``W, b``, ``U = W A`` and ``u = W a + b`` give
+        the slot's read-out ``W (A LN(h) + a) + b`` exactly. The memory slot itself stays as it is.
+
+        :param slot: a filled slot
+        """
+        if not 0 <= slot < int(self.n_filled):
+            raise ConfigError(f"Slot {slot} is not filled (filled: {int(self.n_filled)}).")
+        rows = slice(slot * 3 * self.hidden_size, (slot + 1) * 3 * self.hidden_size)
+        self.input_norm.weight.fill_(1.0)
+        self.input_norm.bias.zero_()
+        self.cell.weight_ih.copy_(self.slot_weight_in[rows])
+        self.cell.bias_ih.copy_(self.slot_bias_in[rows])
+        self.cell.weight_hh.copy_(self.slot_weight_hh[slot])
+        self.cell.bias_hh.copy_(self.slot_bias_hh[slot])
+        weight, bias = self.slot_output_weight[slot], self.slot_output_bias[slot]
+        if self._has_task_head():
+            assert self.task_head is not None
+            readout = th.linalg.pinv(self.readout_pinv)
+            self.output_norm.weight.fill_(1.0)
+            self.output_norm.bias.zero_()
+            self.task_head.weight.copy_(readout @ weight)
+            self.task_head.bias.copy_(readout @ bias + self.readout_bias)
+        else:  # no task head: the slot's output map is the output norm's affine
+            self.output_norm.weight.copy_(weight.diagonal())
+            self.output_norm.bias.copy_(bias)
 
     def plastic_parameters(self) -> list[nn.Parameter]:
         """What a restart of the plastic path restarts: its input norm, GRU, output norm, task head and

@@ -302,19 +302,33 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
 
     # -- continual learning --------------------------------------------------------------------
     @th.no_grad()
-    def consolidate(self, obs: PyTorchObs, episode_starts: th.Tensor) -> None:
+    def consolidate(self, obs: PyTorchObs, episode_starts: th.Tensor) -> tuple[int, int] | None:
         """Write the current skill into the memory of both cores, then protect the shared parts.
 
         :param obs: observations of the current task, time-major ``(time * n_envs, ...)``
         :param episode_starts: ``(time, n_envs)``
+        :return: the actor's and the critic's slot written (for :meth:`start_from_skill`), ``None`` if
+            memory was not written
         """
         features = self._sequence_features(obs, episode_starts)
-        self.actor_core.consolidate(features, episode_starts)
-        self.critic_core.consolidate(features, episode_starts)
+        actor_slot = self.actor_core.consolidate(features, episode_starts)
+        critic_slot = self.critic_core.consolidate(features, episode_starts)
         if self.protect_on_consolidate and self.core_name == "sparc":
             self.shared_protected.fill_(True)
             self._apply_protection()
             self._restart_outputs()
+        self._forget_optimizer_state()
+        if actor_slot is None or critic_slot is None:
+            return None
+        return actor_slot, critic_slot
+
+    @th.no_grad()
+    def start_from_skill(self, slots: tuple[int, int]) -> None:
+        """Make the plastic paths trainable copies of a stored skill (the actor's and the critic's
+        slot), with fresh optimiser moments: the next task starts from what that skill does."""
+        for core, slot in zip((self.actor_core, self.critic_core), slots, strict=True):
+            assert isinstance(core, SparcCore)
+            core.start_from_slot(slot)
         self._forget_optimizer_state()
 
     @th.no_grad()

@@ -48,6 +48,11 @@ class SparcPPO(PPO):
         PPO's policy can fall back late in a task (minigrid-skills, the fine-tuning trial in
         ``benchmarks/results/minigrid-sparc-finetune.md``, seeds 1 and 2: lava-gap read 1.0 from 20k to
         80k steps and 0.0 / 0.3 at the task's end; written at its best, 1.0 after it)
+    :param transfer_window: each announced task after a consolidation starts from the last skill
+        written into memory (a trainable copy of its slot, :meth:`SparcActorCriticPolicy.start_from_skill`)
+        instead of a restarted plastic path, and keeps that start only if one of its first
+        ``transfer_window`` training episodes succeeds; otherwise the plastic path restarts. ``None``
+        (default): always restart. Without success information the copied start is kept.
     :param kwargs: as :class:`stable_baselines3.PPO` (``n_steps``, ``batch_size``, ``n_epochs``, ...)
     """
 
@@ -78,6 +83,7 @@ class SparcPPO(PPO):
         plugins: Sequence[ContinualPlugin] = (),
         consolidation_threshold: float | None = 0.5,
         consolidate_best: bool = True,
+        transfer_window: int | None = None,
         target_kl: float | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -94,7 +100,12 @@ class SparcPPO(PPO):
         self.seq_len = seq_len
         self.plugins = list(plugins)
         self.consolidation_threshold = consolidation_threshold
+        if transfer_window is not None and transfer_window <= 0:
+            raise ConfigError(f"transfer_window must be a positive number of episodes or None, got {transfer_window}.")
         self.consolidate_best = consolidate_best
+        self.transfer_window = transfer_window
+        self._transfer_source: tuple[int, int] | None = None
+        self._transfer_on_trial = False
         self.current_task: str | None = None
         self._skill_episodes = 0
         self._best_skill: tuple[float, dict[str, th.Tensor]] | None = None
@@ -190,6 +201,7 @@ class SparcPPO(PPO):
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RecurrentRolloutBuffer, n_rollout_steps: int
     ) -> bool:
         assert self._last_obs is not None, "No previous observation was provided"
+        self._judge_transfer()  # before collecting, so a restart trains only on its own rollouts
         self.policy.set_training_mode(False)
         n_steps = 0
         rollout_buffer.reset()
@@ -356,6 +368,9 @@ class SparcPPO(PPO):
         """Announce a new task (the *detect* stage when boundaries are announced)."""
         self.current_task = task
         self._start_skill()
+        if self.transfer_window is not None and self._transfer_source is not None:
+            self.policy.start_from_skill(self._transfer_source)
+            self._transfer_on_trial = True
         for plugin in self.plugins:
             plugin.on_task_start(self, task)
 
@@ -372,6 +387,17 @@ class SparcPPO(PPO):
             return
         if self._best_skill is None or rate >= self._best_skill[0]:
             self._best_skill = (rate, {k: v.detach().clone() for k, v in self.policy.state_dict().items()})
+
+    def _judge_transfer(self) -> None:
+        """Once the transferred start has had its window of episodes: keep it if any succeeded, else
+        restart the plastic path (a skill that never solves the new task only narrows exploration)."""
+        if not self._transfer_on_trial or self.transfer_window is None or self._skill_episodes < self.transfer_window:
+            return
+        self._transfer_on_trial = False
+        window = list(self.ep_success_buffer or ())[-min(self._skill_episodes, self.transfer_window) :]
+        if window and not any(window):
+            self.policy.restore_plasticity()
+            self._start_skill()
 
     def _start_skill(self) -> None:
         self._skill_episodes = 0
@@ -414,7 +440,9 @@ class SparcPPO(PPO):
             current = self._skill_success_rate()
             if self._best_skill is not None and (current is None or self._best_skill[0] > current):
                 self.policy.load_state_dict(self._best_skill[1])
-            self.policy.consolidate(*(rollout or self._last_rollout()))
+            written = self.policy.consolidate(*(rollout or self._last_rollout()))
+            if written is not None:
+                self._transfer_source = written
         else:
             self.policy.restore_plasticity()
         self._start_skill()
@@ -423,7 +451,9 @@ class SparcPPO(PPO):
     def consolidate(self) -> None:
         """Write the skill of the last rollout's task into a protected memory slot, then restore
         plasticity (shrink-and-perturb of the plastic path). Needs at least one collected rollout."""
-        self.policy.consolidate(*self._last_rollout())
+        written = self.policy.consolidate(*self._last_rollout())
+        if written is not None:
+            self._transfer_source = written
 
     def _last_rollout(self) -> tuple[th.Tensor, th.Tensor]:
         buffer = self.rollout_buffer

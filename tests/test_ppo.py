@@ -406,3 +406,64 @@ def test_a_core_that_keeps_its_head_continues_the_last_task_unchanged():
         model.policy.critic_core.n_filled.fill_(0)
         after = logits_and_values()
         assert th.allclose(before[0], after[0], atol=1e-4) and th.allclose(before[1], after[1], atol=1e-4)
+
+
+def test_starting_from_a_stored_skill_acts_exactly_as_that_skill():
+    """Both kinds of slot: the first task's (written before the task heads exist) and a later task's."""
+    model = small_model("sparc", n_slots=2, core_kwargs={"write_only_novel": False})
+    policy = model.policy
+    obs = th.as_tensor(masked_cartpole(16, seed=5).reset(), dtype=th.float32)
+    state = th.zeros(16, policy.state_size)
+    starts = th.ones(1, 16)
+
+    def plastic_logits_and_values() -> tuple[th.Tensor, th.Tensor]:
+        filled = int(policy.actor_core.n_filled)
+        for core in (policy.actor_core, policy.critic_core):
+            core.n_filled.fill_(0)  # read the plastic path alone
+        with th.no_grad():
+            result = (
+                policy.action_logits_sequences(obs, state, starts),
+                policy.predict_values_step(obs, state, starts[0]),
+            )
+        for core in (policy.actor_core, policy.critic_core):
+            core.n_filled.fill_(filled)
+        return result
+
+    skills = []
+    for _ in range(2):
+        model.learn(64, reset_num_timesteps=False)
+        skills.append(plastic_logits_and_values())
+        model.consolidate()
+    assert model._transfer_source == (1, 1)
+    assert not th.allclose(plastic_logits_and_values()[0], skills[1][0], atol=1e-3)  # restarted
+    for slot, (logits, values) in enumerate(skills):
+        policy.start_from_skill((slot, slot))
+        started = plastic_logits_and_values()
+        assert th.allclose(started[0], logits, atol=1e-4) and th.allclose(started[1], values, atol=1e-4)
+    assert policy.actor_core.task_head.weight.requires_grad
+    with pytest.raises(ConfigError, match="Slot 2 is not filled"):
+        policy.start_from_skill((2, 2))
+
+
+@pytest.mark.parametrize("successes, kept", [([False, False, False], False), ([False, True, False], True)])
+def test_a_transferred_start_is_kept_only_if_an_episode_of_its_window_succeeds(successes, kept):
+    model = small_model("sparc", n_slots=2, core_kwargs={"write_only_novel": False})
+    model.transfer_window = 3
+    core = model.policy.actor_core
+    model.learn(64)
+    model.consolidate()
+    model.start_task("b")
+    assert th.equal(core.cell.weight_hh, core.slot_weight_hh[0]) and model._transfer_on_trial
+    _finish_episodes(model, successes[:2])
+    model._judge_transfer()  # not a full window yet
+    assert model._transfer_on_trial
+    _finish_episodes(model, successes[2:])
+    model._judge_transfer()
+    assert not model._transfer_on_trial
+    assert th.equal(core.cell.weight_hh, core.slot_weight_hh[0]) == kept
+    assert model._skill_episodes == (3 if kept else 0)  # a restart starts the skill's record afresh
+
+
+def test_transfer_window_must_be_positive():
+    with pytest.raises(ConfigError, match="transfer_window"):
+        SparcPPO("MlpSparcPolicy", masked_cartpole(), transfer_window=0, **SMALL)
