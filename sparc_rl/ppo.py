@@ -395,7 +395,9 @@ class SparcPPO(PPO):
             return
         self._transfer_on_trial = False
         window = list(self.ep_success_buffer or ())[-min(self._skill_episodes, self.transfer_window) :]
-        if window and not any(window):
+        kept = not window or any(window)
+        self.logger.record(f"sparc/transfer_kept/{self.current_task}", float(kept))
+        if not kept:
             self.policy.restore_plasticity()
             self._start_skill()
 
