@@ -48,11 +48,12 @@ class SparcPPO(PPO):
         PPO's policy can fall back late in a task (minigrid-skills, the fine-tuning trial in
         ``benchmarks/results/minigrid-sparc-finetune.md``, seeds 1 and 2: lava-gap read 1.0 from 20k to
         80k steps and 0.0 / 0.3 at the task's end; written at its best, 1.0 after it)
-    :param transfer_window: each announced task after a consolidation starts from the last skill
-        written into memory (a trainable copy of its slot, :meth:`SparcActorCriticPolicy.start_from_skill`)
-        instead of a restarted plastic path, and keeps that start only if one of its first
-        ``transfer_window`` training episodes succeeds; otherwise the plastic path restarts. ``None``
-        (default): always restart. Without success information the copied start is kept.
+    :param transfer_episodes: each announced task after a consolidation chooses how its plastic path
+        starts: as a trainable copy of the last skill written into memory
+        (:meth:`SparcActorCriticPolicy.start_from_skill`), or restarted. Before training, each start
+        plays this many episodes of the new task (stochastic actions; the env steps count towards the
+        training budget) and the one with the higher mean return trains (ties: the restart). ``None``
+        (default): always restart.
     :param kwargs: as :class:`stable_baselines3.PPO` (``n_steps``, ``batch_size``, ``n_epochs``, ...)
     """
 
@@ -83,7 +84,7 @@ class SparcPPO(PPO):
         plugins: Sequence[ContinualPlugin] = (),
         consolidation_threshold: float | None = 0.5,
         consolidate_best: bool = True,
-        transfer_window: int | None = None,
+        transfer_episodes: int | None = None,
         target_kl: float | None = None,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
@@ -100,12 +101,14 @@ class SparcPPO(PPO):
         self.seq_len = seq_len
         self.plugins = list(plugins)
         self.consolidation_threshold = consolidation_threshold
-        if transfer_window is not None and transfer_window <= 0:
-            raise ConfigError(f"transfer_window must be a positive number of episodes or None, got {transfer_window}.")
+        if transfer_episodes is not None and transfer_episodes <= 0:
+            raise ConfigError(
+                f"transfer_episodes must be a positive number of episodes or None, got {transfer_episodes}."
+            )
         self.consolidate_best = consolidate_best
-        self.transfer_window = transfer_window
+        self.transfer_episodes = transfer_episodes
         self._transfer_source: tuple[int, int] | None = None
-        self._transfer_on_trial = False
+        self._choose_start_pending = False
         self.current_task: str | None = None
         self._skill_episodes = 0
         self._best_skill: tuple[float, dict[str, th.Tensor]] | None = None
@@ -201,7 +204,8 @@ class SparcPPO(PPO):
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RecurrentRolloutBuffer, n_rollout_steps: int
     ) -> bool:
         assert self._last_obs is not None, "No previous observation was provided"
-        self._judge_transfer()  # before collecting, so a restart trains only on its own rollouts
+        if self._choose_start_pending:
+            self._choose_start(env)
         self.policy.set_training_mode(False)
         n_steps = 0
         rollout_buffer.reset()
@@ -368,9 +372,7 @@ class SparcPPO(PPO):
         """Announce a new task (the *detect* stage when boundaries are announced)."""
         self.current_task = task
         self._start_skill()
-        if self.transfer_window is not None and self._transfer_source is not None:
-            self.policy.start_from_skill(self._transfer_source)
-            self._transfer_on_trial = True
+        self._choose_start_pending = self.transfer_episodes is not None and self._transfer_source is not None
         for plugin in self.plugins:
             plugin.on_task_start(self, task)
 
@@ -388,18 +390,48 @@ class SparcPPO(PPO):
         if self._best_skill is None or rate >= self._best_skill[0]:
             self._best_skill = (rate, {k: v.detach().clone() for k, v in self.policy.state_dict().items()})
 
-    def _judge_transfer(self) -> None:
-        """Once the transferred start has had its window of episodes: keep it if any succeeded, else
-        restart the plastic path (a skill that never solves the new task only narrows exploration)."""
-        if not self._transfer_on_trial or self.transfer_window is None or self._skill_episodes < self.transfer_window:
-            return
-        self._transfer_on_trial = False
-        window = list(self.ep_success_buffer or ())[-min(self._skill_episodes, self.transfer_window) :]
-        kept = not window or any(window)
-        self.logger.record(f"sparc/transfer_kept/{self.current_task}", float(kept))
-        if not kept:
-            self.policy.restore_plasticity()
-            self._start_skill()
+    def _choose_start(self, env: VecEnv) -> None:
+        """Try the last stored skill and a restarted plastic path on the new task; train the better one."""
+        assert self.transfer_episodes is not None and self._transfer_source is not None
+        self._choose_start_pending = False
+        self.policy.start_from_skill(self._transfer_source)
+        transferred = self._mean_return(env, self.transfer_episodes)
+        self.policy.restore_plasticity()
+        restarted = self._mean_return(env, self.transfer_episodes)
+        kept = transferred > restarted
+        if kept:
+            self.policy.start_from_skill(self._transfer_source)
+        task = self.current_task
+        self.logger.record(f"sparc/transfer_kept/{task}", float(kept))
+        self.logger.record(f"sparc/transfer_return/{task}", transferred)
+        self.logger.record(f"sparc/restart_return/{task}", restarted)
+        # training starts on fresh episodes
+        self._last_obs = env.reset()  # type: ignore[assignment]
+        self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
+        self._last_state = self.policy.initial_state(env.num_envs)
+
+    @th.no_grad()
+    def _mean_return(self, env: VecEnv, episodes: int) -> float:
+        """Mean return of the current policy over the first ``episodes`` episodes it finishes on ``env``
+        (stochastic actions; the steps count in ``num_timesteps``)."""
+        self.policy.set_training_mode(False)
+        obs = env.reset()
+        state = self.policy.initial_state(env.num_envs)
+        starts = th.ones(env.num_envs, device=self.device)
+        running = np.zeros(env.num_envs)
+        returns: list[float] = []
+        while len(returns) < episodes:
+            actions, _, _, state = self.policy.forward_step(obs_as_tensor(obs, self.device), state, starts)  # type: ignore[arg-type]
+            actions_np = actions.cpu().numpy()
+            if isinstance(self.action_space, spaces.Box):
+                actions_np = np.clip(actions_np, self.action_space.low, self.action_space.high)
+            obs, rewards, dones, _ = env.step(actions_np)
+            self.num_timesteps += env.num_envs
+            running += rewards
+            returns.extend(running[dones].tolist())
+            running[dones] = 0.0
+            starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
+        return float(np.mean(returns[:episodes]))
 
     def _start_skill(self) -> None:
         self._skill_episodes = 0

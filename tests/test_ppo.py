@@ -445,25 +445,47 @@ def test_starting_from_a_stored_skill_acts_exactly_as_that_skill():
         policy.start_from_skill((2, 2))
 
 
-@pytest.mark.parametrize("successes, kept", [([False, False, False], False), ([False, True, False], True)])
-def test_a_transferred_start_is_kept_only_if_an_episode_of_its_window_succeeds(successes, kept):
+@pytest.mark.parametrize("transferred, restarted, kept", [(5.0, 3.0, True), (3.0, 5.0, False), (4.0, 4.0, False)])
+def test_a_task_trains_the_start_with_the_higher_trial_return(monkeypatch, transferred, restarted, kept):
     model = small_model("sparc", n_slots=2, core_kwargs={"write_only_novel": False})
-    model.transfer_window = 3
+    model.transfer_episodes = 3
     core = model.policy.actor_core
     model.learn(64)
     model.consolidate()
     model.start_task("b")
-    assert th.equal(core.cell.weight_hh, core.slot_weight_hh[0]) and model._transfer_on_trial
-    _finish_episodes(model, successes[:2])
-    model._judge_transfer()  # not a full window yet
-    assert model._transfer_on_trial
-    _finish_episodes(model, successes[2:])
-    model._judge_transfer()
-    assert not model._transfer_on_trial
+    trial_returns = iter([transferred, restarted])
+    tried = []
+
+    def fake_mean_return(env, episodes):
+        tried.append(th.equal(core.cell.weight_hh, core.slot_weight_hh[0]))
+        return next(trial_returns)
+
+    monkeypatch.setattr(model, "_mean_return", fake_mean_return)
+    model.learn(64, reset_num_timesteps=False)  # the choice comes before the first rollout
+    assert tried == [True, False]  # the stored skill first, then a restarted path
+    model._choose_start_pending = True
+    trial_returns = iter([transferred, restarted])
+    tried.clear()
+    model._choose_start(model.env)
     assert th.equal(core.cell.weight_hh, core.slot_weight_hh[0]) == kept
-    assert model._skill_episodes == (3 if kept else 0)  # a restart starts the skill's record afresh
+    assert not model._choose_start_pending
 
 
-def test_transfer_window_must_be_positive():
-    with pytest.raises(ConfigError, match="transfer_window"):
-        SparcPPO("MlpSparcPolicy", masked_cartpole(), transfer_window=0, **SMALL)
+def test_trial_episodes_count_as_env_steps_and_training_starts_on_fresh_episodes():
+    model = small_model("sparc", n_slots=2, core_kwargs={"write_only_novel": False})
+    model.transfer_episodes = 4
+    model.learn(64)
+    model.consolidate()
+    model.start_task("b")
+    before = model.num_timesteps
+    model._choose_start(model.env)
+    # 2 envs, episodes of at most 40 steps: 4 episodes per start take 2 to 80 steps each
+    assert 2 * 2 * 2 <= model.num_timesteps - before <= 2 * 2 * 80
+    assert model._last_episode_starts.all()
+    mean = model._mean_return(masked_cartpole(2, seed=3), 4)
+    assert 1.0 <= mean <= 40.0
+
+
+def test_transfer_episodes_must_be_positive():
+    with pytest.raises(ConfigError, match="transfer_episodes"):
+        SparcPPO("MlpSparcPolicy", masked_cartpole(), transfer_episodes=0, **SMALL)
