@@ -474,18 +474,17 @@ class SparcPPO(PPO):
             current = self._skill_success_rate()
             if self._best_skill is not None and (current is None or self._best_skill[0] > current):
                 self.policy.load_state_dict(self._best_skill[1])
-            written = self.policy.consolidate(*(rollout or self._last_rollout()))
-            if written is not None:
-                self._transfer_source = written
+            self.consolidate(rollout)
         else:
             self.policy.restore_plasticity()
         self._start_skill()
         return learned
 
-    def consolidate(self) -> None:
-        """Write the skill of the last rollout's task into a protected memory slot, then restore
-        plasticity (shrink-and-perturb of the plastic path). Needs at least one collected rollout."""
-        written = self.policy.consolidate(*self._last_rollout())
+    def consolidate(self, rollout: tuple[th.Tensor, th.Tensor] | None = None) -> None:
+        """Write the current skill into a protected memory slot, keyed by ``rollout`` (time-major
+        observations and episode starts; default: the last collected rollout, so at least one is
+        needed), then restore plasticity (shrink-and-perturb of the plastic path)."""
+        written = self.policy.consolidate(*(rollout or self._last_rollout()))
         if written is not None:
             self._transfer_source = written
 
