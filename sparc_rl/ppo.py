@@ -217,10 +217,7 @@ class SparcPPO(PPO):
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 actions, values, log_probs, new_state = self.policy.forward_step(obs_tensor, state, starts)
             actions_np = actions.cpu().numpy()
-            clipped = actions_np
-            if isinstance(self.action_space, spaces.Box):
-                clipped = np.clip(actions_np, self.action_space.low, self.action_space.high)
-            new_obs, rewards, dones, infos = env.step(clipped)
+            new_obs, rewards, dones, infos = env.step(self._env_actions(actions_np))
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
@@ -390,6 +387,12 @@ class SparcPPO(PPO):
         if self._best_skill is None or rate >= self._best_skill[0]:
             self._best_skill = (rate, {k: v.detach().clone() for k, v in self.policy.state_dict().items()})
 
+    def _env_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Actions as the env takes them: continuous ones clipped to the action space."""
+        if isinstance(self.action_space, spaces.Box):
+            return np.clip(actions, self.action_space.low, self.action_space.high)
+        return actions
+
     def _choose_start(self, env: VecEnv) -> None:
         """Try the last stored skill and a restarted plastic path on the new task; train the better one."""
         assert self.transfer_episodes is not None and self._transfer_source is not None
@@ -422,10 +425,7 @@ class SparcPPO(PPO):
         returns: list[float] = []
         while len(returns) < episodes:
             actions, _, _, state = self.policy.forward_step(obs_as_tensor(obs, self.device), state, starts)  # type: ignore[arg-type]
-            actions_np = actions.cpu().numpy()
-            if isinstance(self.action_space, spaces.Box):
-                actions_np = np.clip(actions_np, self.action_space.low, self.action_space.high)
-            obs, rewards, dones, _ = env.step(actions_np)
+            obs, rewards, dones, _ = env.step(self._env_actions(actions.cpu().numpy()))
             self.num_timesteps += env.num_envs
             running += rewards
             returns.extend(running[dones].tolist())
