@@ -49,11 +49,11 @@ class SparcPPO(PPO):
         ``benchmarks/results/minigrid-sparc-finetune.md``, seeds 1 and 2: lava-gap read 1.0 from 20k to
         80k steps and 0.0 / 0.3 at the task's end; written at its best, 1.0 after it)
     :param transfer_episodes: each announced task after a consolidation chooses how its plastic path
-        starts: as a trainable copy of the last skill written into memory
-        (:meth:`SparcActorCriticPolicy.start_from_skill`), or restarted. Before training, each start
-        plays this many episodes of the new task (stochastic actions; the env steps count towards the
-        training budget) and the one with the higher mean return trains (ties: the restart). ``None``
-        (default): always restart.
+        starts: restarted, or as a trainable copy of one of the skills stored in memory
+        (:meth:`SparcActorCriticPolicy.start_from_skill`). Before training, each start plays this
+        many episodes of the new task (stochastic actions; the env steps count towards the training
+        budget) and the one with the highest mean return trains (ties: the restart, then the earlier
+        skill). ``None`` (default): always restart.
     :param kwargs: as :class:`stable_baselines3.PPO` (``n_steps``, ``batch_size``, ``n_epochs``, ...)
     """
 
@@ -107,7 +107,7 @@ class SparcPPO(PPO):
             )
         self.consolidate_best = consolidate_best
         self.transfer_episodes = transfer_episodes
-        self._transfer_source: tuple[int, int] | None = None
+        self._stored_skills: list[tuple[int, int]] = []
         self._choose_start_pending = False
         self.current_task: str | None = None
         self._skill_episodes = 0
@@ -369,7 +369,7 @@ class SparcPPO(PPO):
         """Announce a new task (the *detect* stage when boundaries are announced)."""
         self.current_task = task
         self._start_skill()
-        self._choose_start_pending = self.transfer_episodes is not None and self._transfer_source is not None
+        self._choose_start_pending = self.transfer_episodes is not None and bool(self._stored_skills)
         for plugin in self.plugins:
             plugin.on_task_start(self, task)
 
@@ -394,19 +394,26 @@ class SparcPPO(PPO):
         return actions
 
     def _choose_start(self, env: VecEnv) -> None:
-        """Try the last stored skill and a restarted plastic path on the new task; train the better one."""
-        assert self.transfer_episodes is not None and self._transfer_source is not None
+        """Try the plastic path as the last consolidation restarted it and a copy of every stored skill
+        on the new task; train the start with the highest mean return."""
+        assert self.transfer_episodes is not None
         self._choose_start_pending = False
-        self.policy.start_from_skill(self._transfer_source)
-        transferred = self._mean_return(env, self.transfer_episodes)
-        self.policy.restore_plasticity()
+        restart = {name: value.clone() for name, value in self.policy.state_dict().items()}
         restarted = self._mean_return(env, self.transfer_episodes)
-        kept = transferred > restarted
-        if kept:
-            self.policy.start_from_skill(self._transfer_source)
+        best_return, best_skill = restarted, None
+        for skill in self._stored_skills:
+            self.policy.start_from_skill(skill)
+            skill_return = self._mean_return(env, self.transfer_episodes)
+            if skill_return > best_return:
+                best_return, best_skill = skill_return, skill
+        if best_skill is None:
+            self.policy.load_state_dict(restart)
+        else:
+            self.policy.start_from_skill(best_skill)
         task = self.current_task
-        self.logger.record(f"sparc/transfer_kept/{task}", float(kept))
-        self.logger.record(f"sparc/transfer_return/{task}", transferred)
+        # the actor's slot of the skill kept, -1 for the restart
+        self.logger.record(f"sparc/transfer_skill/{task}", -1 if best_skill is None else best_skill[0])
+        self.logger.record(f"sparc/transfer_return/{task}", best_return)
         self.logger.record(f"sparc/restart_return/{task}", restarted)
         # training starts on fresh episodes
         self._last_obs = env.reset()  # type: ignore[assignment]
@@ -485,8 +492,9 @@ class SparcPPO(PPO):
         observations and episode starts; default: the last collected rollout, so at least one is
         needed), then restore plasticity (shrink-and-perturb of the plastic path)."""
         written = self.policy.consolidate(*(rollout or self._last_rollout()))
-        if written is not None:
-            self._transfer_source = written
+        if written is not None and written not in self._stored_skills:
+            # a full memory merges two slots into one and rewrites the other: every recorded slot stays filled
+            self._stored_skills.append(written)
 
     def _last_rollout(self) -> tuple[th.Tensor, th.Tensor]:
         buffer = self.rollout_buffer

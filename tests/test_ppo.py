@@ -434,7 +434,7 @@ def test_starting_from_a_stored_skill_acts_exactly_as_that_skill():
         model.learn(64, reset_num_timesteps=False)
         skills.append(plastic_logits_and_values())
         model.consolidate()
-    assert model._transfer_source == (1, 1)
+    assert model._stored_skills == [(0, 0), (1, 1)]
     assert not th.allclose(plastic_logits_and_values()[0], skills[1][0], atol=1e-3)  # restarted
     for slot, (logits, values) in enumerate(skills):
         policy.start_from_skill((slot, slot))
@@ -445,29 +445,40 @@ def test_starting_from_a_stored_skill_acts_exactly_as_that_skill():
         policy.start_from_skill((2, 2))
 
 
-@pytest.mark.parametrize("transferred, restarted, kept", [(5.0, 3.0, True), (3.0, 5.0, False), (4.0, 4.0, False)])
-def test_a_task_trains_the_start_with_the_higher_trial_return(monkeypatch, transferred, restarted, kept):
-    model = small_model("sparc", n_slots=2, core_kwargs={"write_only_novel": False})
+@pytest.mark.parametrize(
+    "returns, kept",
+    [((3.0, 5.0, 4.0), 0), ((3.0, 4.0, 5.0), 1), ((5.0, 3.0, 4.0), None), ((4.0, 4.0, 4.0), None), ((3.0, 5.0, 5.0), 0)],
+)
+def test_a_task_trains_the_start_with_the_highest_trial_return(monkeypatch, returns, kept):
+    """``returns``: the restart's, then each stored skill's; ``kept``: the slot that trains (``None``:
+    the restart, exactly as tried)."""
+    model = small_model("sparc", n_slots=3, core_kwargs={"write_only_novel": False})
     model.transfer_episodes = 3
     core = model.policy.actor_core
-    model.learn(64)
-    model.consolidate()
-    model.start_task("b")
-    trial_returns = iter([transferred, restarted])
+    for _ in range(2):
+        model.learn(64, reset_num_timesteps=False)
+        model.consolidate()
+    model.start_task("c")
+    restart = core.cell.weight_hh.clone()
+    trial_returns = iter(returns)
     tried = []
 
     def fake_mean_return(env, episodes):
-        tried.append(th.equal(core.cell.weight_hh, core.slot_weight_hh[0]))
+        tried.append(next(i for i in (None, 0, 1) if th.equal(core.cell.weight_hh, playing(i))))
         return next(trial_returns)
+
+    def playing(slot):
+        return restart if slot is None else core.slot_weight_hh[slot]
 
     monkeypatch.setattr(model, "_mean_return", fake_mean_return)
     model.learn(64, reset_num_timesteps=False)  # the choice comes before the first rollout
-    assert tried == [True, False]  # the stored skill first, then a restarted path
+    assert tried == [None, 0, 1]  # the restart first, then each stored skill
+    model.policy.restore_plasticity()
+    restart = core.cell.weight_hh.clone()
     model._choose_start_pending = True
-    trial_returns = iter([transferred, restarted])
-    tried.clear()
+    trial_returns = iter(returns)
     model._choose_start(model.env)
-    assert th.equal(core.cell.weight_hh, core.slot_weight_hh[0]) == kept
+    assert th.equal(core.cell.weight_hh, playing(kept))
     assert not model._choose_start_pending
 
 
