@@ -447,7 +447,13 @@ def test_starting_from_a_stored_skill_acts_exactly_as_that_skill():
 
 @pytest.mark.parametrize(
     "returns, kept",
-    [((3.0, 5.0, 4.0), 0), ((3.0, 4.0, 5.0), 1), ((5.0, 3.0, 4.0), None), ((4.0, 4.0, 4.0), None), ((3.0, 5.0, 5.0), 0)],
+    [
+        ((3.0, 5.0, 4.0), 0),
+        ((3.0, 4.0, 5.0), 1),
+        ((5.0, 3.0, 4.0), None),
+        ((4.0, 4.0, 4.0), None),
+        ((3.0, 5.0, 5.0), 0),
+    ],
 )
 def test_a_task_trains_the_start_with_the_highest_trial_return(monkeypatch, returns, kept):
     """``returns``: the restart's, then each stored skill's; ``kept``: the slot that trains (``None``:
