@@ -499,6 +499,7 @@ class ContinualRunner:
         """Train the reference agent on one task from scratch: (steps, success) at each evaluation."""
         env = make_vec_env(task.make_env, n_envs=self.reference_agent.n_envs, seed=self._stage_seed(index))
         model = self.reference_agent.build(env, seed=self.seed, algorithm_overrides=self.curriculum.algorithm_kwargs)
+        model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes a /tmp folder per learn()
         curve = []
         done = 0
         for point in self._eval_points(task.steps, _rollout_size(model)):

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+# SB3 makes a fresh /tmp/SB3-<time> folder for every learn() without a logger: one folder per session
+os.environ.setdefault("SB3_LOGDIR", tempfile.mkdtemp(prefix="sparc-rl-tests-sb3-"))
 
 
 from sparc_rl.agents import AgentSpec, parse_agent  # noqa: E402

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -84,10 +85,13 @@ def test_hidden_boundaries_are_not_announced_and_sparc_detects_them_itself(tmp_p
     assert int(runner.model.policy.actor_core.n_consolidations) == detector.detected
 
 
-def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path):
+def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path, monkeypatch):
     agent = tiny_agent("gru")
     curriculum = tiny_curriculum()
+    monkeypatch.delenv("SB3_LOGDIR")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     first = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "a", reference=True, progress=False).run()
+    assert not list(tmp_path.glob("SB3-*"))  # no stray SB3 log folder in the temp dir
     cached = sorted((tmp_path / ".reference-cache").glob("*.json"))
     assert len(cached) == 2
     assert first.metrics["forward_transfer"] is not None
