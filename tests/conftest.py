@@ -2,15 +2,22 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
+
+import pytest
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-# SB3 makes a fresh /tmp/SB3-<time> folder for every learn() without a logger: one folder per session
-os.environ.setdefault("SB3_LOGDIR", tempfile.mkdtemp(prefix="sparc-rl-tests-sb3-"))
 
 
 from sparc_rl.agents import AgentSpec, parse_agent  # noqa: E402
 from sparc_rl.curriculum import Curriculum, parse_curriculum  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SB3 makes a fresh ``/tmp/SB3-<time>`` folder for every ``learn()`` without a logger: keep them
+    in pytest's own temporary folder, which pytest prunes."""
+    os.environ.setdefault("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3-logs")))
+
 
 TINY_TASKS = [
     {
