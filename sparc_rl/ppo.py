@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import pathlib
 from collections.abc import Sequence
@@ -385,7 +386,7 @@ class SparcPPO(PPO):
         if not self.consolidate_best or rate is None or self.policy.core_name != "sparc":
             return
         if self._best_skill is None or rate >= self._best_skill[0]:
-            self._best_skill = (rate, {k: v.detach().clone() for k, v in self.policy.state_dict().items()})
+            self._best_skill = (rate, copy.deepcopy(self.policy.state_dict()))
 
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
         """Actions as the env takes them: continuous ones clipped to the action space."""
@@ -398,7 +399,7 @@ class SparcPPO(PPO):
         on the new task; train the start with the highest mean return."""
         assert self.transfer_episodes is not None
         self._choose_start_pending = False
-        restart = {name: value.clone() for name, value in self.policy.state_dict().items()}
+        restart = copy.deepcopy(self.policy.state_dict())
         restarted = self._mean_return(env, self.transfer_episodes)
         best_return, best_skill = restarted, None
         for skill in self._stored_skills:
