@@ -288,8 +288,8 @@ class SparcCore(RecurrentCore):
         unfamiliar (memory did not already serve it)
     :param readout_size: output size of the frozen linear read-out (head) the policy puts after this
         core; with it, each task after :meth:`attach_readout` trains its own head (0: no task heads)
-    :param readout_gain: orthogonal-init gain of each task's head (SB3's: 0.01 for action logits,
-        1 for values)
+    :param readout_gain: orthogonal-init gain of each task's head (0.01 for action logits, as SB3's;
+        the policy's critic uses 0: each task's values start at zero)
     :param restart_head: each task after the first starts a fresh head and output norm (``False``:
         it continues from the last task's, as fine-tuning does)
     """
@@ -699,9 +699,9 @@ class SparcCore(RecurrentCore):
 
     @th.no_grad()
     def restart_output(self) -> None:
-        """Start the next task's head fresh, as SB3 initialises a policy's heads (orthogonal, gain
-        ``readout_gain``, zero bias), and its output norm at its initial scale: the next task starts
-        from near-uniform action logits and zero values, without the last skill's lean.
+        """Start the next task's head fresh (orthogonal, gain ``readout_gain``, zero bias) and its output
+        norm at its initial scale: the next task starts from near-uniform action logits and zero
+        values, without the last skill's lean.
 
         Measured on minigrid-skills, seed 0: with the last task's output bias kept, lava-gap stayed at
         0.2 success for 100k steps after the empty room (1.0 at 60k after a restart)."""

@@ -303,10 +303,10 @@ def test_after_consolidating_a_new_task_starts_without_the_last_skills_lean():
     assert (logits[:, 0] - logits[:, 1]).min() > 5.0 and values.min() > 4.0  # the lean, before
     model.consolidate()
     logits, values = logits_and_values()
-    # a fresh head per task, as SB3 initialises one: near-uniform logits, and values bounded by the
-    # norm of the normalised 16-unit output (4) times the unit-norm row of a gain-1 value head
+    # a fresh head per task: near-uniform logits, and values of zero (a random critic's high values
+    # would teach the policy to avoid ending episodes)
     assert (logits[:, 0] - logits[:, 1]).abs().max() < 0.1
-    assert values.abs().max() <= 4.0 + 1e-4
+    assert values.abs().max() < 1e-5
     # through the frozen heads, the plastic output reads exactly as the task's own trainable head
     hidden = th.randn(5, 16)
     policy = model.policy
