@@ -152,7 +152,10 @@ class SparcPPO(PPO):
         """As SB3's ``load``, on the CPU by default like the constructor (SB3's ``"auto"`` would move a
         model onto a GPU, where these small recurrent networks run slower: 858 against 1855 env steps/s
         on an H100 machine, DoorKey-5x5, 8 envs, no slots filled)."""
-        return super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        # saved as JSON, the slot pairs come back as lists, which never equal the tuples written later
+        model._stored_skills = [(actor, critic) for actor, critic in model._stored_skills]
+        return model
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_last_state"]

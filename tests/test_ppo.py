@@ -108,6 +108,9 @@ def test_save_load_round_trip_keeps_memory_and_actions(tmp_path):
     loaded = SparcPPO.load(tmp_path / "model.zip", env=masked_cartpole(n_envs=4))  # a different number of envs
     assert loaded.n_envs == 4
     assert int(loaded.policy.actor_core.n_filled) == 2
+    # the skills a transfer trial tries come back as they were written: consolidating a stored slot
+    # again must not list it twice
+    assert loaded._stored_skills == model._stored_skills == [(0, 0), (1, 1)]
     for name, buffer in model.policy.named_buffers():
         assert th.equal(buffer, dict(loaded.policy.named_buffers())[name]), name
     actions, state = loaded.predict(obs, deterministic=True)
