@@ -33,7 +33,6 @@ class BenchJob:
     steps_per_task: int | None
     eval_episodes: int | None
     reference: bool
-    threads: int
     reference_agent: str | None = None
     #: set for a job that only trains the reference agent on this task (for the runs' forward transfer)
     reference_task: int | None = None
@@ -78,7 +77,9 @@ def _runner(job: BenchJob) -> ContinualRunner:
 def _run_one(job: BenchJob) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(job.threads)
+    # one thread per run, as `sparc-rl train`'s default: with two threads per run (two benches of one
+    # job each on 2 cores) each run's second thread took half of its CPU time, spent waiting
+    torch.set_num_threads(1)
     runner = _runner(job)
     if job.reference_task is not None:
         return {"reference_task": job.reference_task, "seed": job.seed, "auc": runner.reference_auc(job.reference_task)}
@@ -155,13 +156,11 @@ def run_bench(
         load_agent(agent)  # fail fast on a bad name, before any training
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = jobs or max(1, min(os.cpu_count() or 1, len(agents) * seeds))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     common = dict(
         curriculum=curriculum,
         steps_per_task=steps_per_task,
         eval_episodes=eval_episodes,
         reference=reference,
-        threads=threads,
         reference_agent=reference_agent,
     )
     work = []
