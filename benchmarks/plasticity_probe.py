@@ -5,8 +5,10 @@ shrink-and-perturb restart), then trains the curriculum's next task side by side
 runner would (``as-is``), with the plastic GRUs re-initialised and the optimiser state dropped
 (``reinit``), with memory not read at all (``memory-off``: the plastic path alone, as the runner
 restarted it), with no memory read and the action and value heads trained directly from a fresh
-start instead of each task's heads through the first task's frozen ones (``direct-heads``), and, as a
-control, the same agent untrained (``scratch``). Success (10 episodes) and
+start instead of each task's heads through the first task's frozen ones (``direct-heads``), with the
+task's value head started at zero (``critic-zero``, what a consolidation does since 2026-11-30) or
+with SB3's orthogonal gain 1 (``critic-gain-1``, what it did before), and, as a control, the same
+agent untrained (``scratch``). Success (10 episodes) and
 the gate mean are recorded every fifth of the budget. Every variant starts from a fresh random state
 (``--seed``), unlike a run that trains on in memory and carries its random state into the stage.
 
@@ -27,11 +29,12 @@ from pathlib import Path
 import torch
 from stable_baselines3.common.env_util import make_vec_env
 
+from sparc_rl.cores import SparcCore
 from sparc_rl.curriculum import load_curriculum
 from sparc_rl.evaluation import evaluate_task
 from sparc_rl.ppo import SparcPPO
 
-VARIANTS = ("as-is", "reinit", "memory-off", "direct-heads", "scratch")
+VARIANTS = ("as-is", "reinit", "memory-off", "direct-heads", "critic-zero", "critic-gain-1", "scratch")
 
 
 def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: int, steps: int) -> list[str]:
@@ -73,6 +76,12 @@ def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: 
                 head.requires_grad_(True)
                 for param in head.parameters():
                     model.policy.optimizer.state.pop(param, None)
+    if variant in ("critic-zero", "critic-gain-1"):
+        critic = model.policy.critic_core
+        assert isinstance(critic, SparcCore) and critic.task_head is not None
+        with torch.no_grad():
+            torch.nn.init.orthogonal_(critic.task_head.weight, gain=float(variant == "critic-gain-1"))
+            critic.task_head.bias.zero_()
     model.start_task(task.name)
     cells = []
     for _ in range(5):
