@@ -137,8 +137,8 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         # Each later task's heads: near-uniform action logits, as SB3 initialises an action head, and
         # a value of exactly zero. A gain-1 value head on the normalised output starts with values
         # of about +-1, and PPO then learns to avoid whatever ends episodes where they are high, the
-        # goal included. Garden, seed 0, summer after spring: success fell from 0.28 to 0.03 in the
-        # first 24k steps with gain 1 and rose to 0.53 with zero (0.46 from scratch).
+        # goal included. Garden, seed 0, summer after spring: success fell from 0.28 to 0.04 in the
+        # first 24k steps with gain 1 and rose to 0.53 with zero (0.42 from scratch).
         self.actor_core = self._make_core(self._action_net_size(), readout_gain=0.01)
         self.critic_core = self._make_core(1, readout_gain=0.0)
         features_dim, self.features_dim = self.features_dim, self.hidden_size
