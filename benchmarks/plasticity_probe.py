@@ -37,6 +37,14 @@ from sparc_rl.ppo import SparcPPO
 VARIANTS = ("as-is", "reinit", "memory-off", "direct-heads", "critic-zero", "critic-gain-1", "scratch")
 
 
+def sparc_cores(model: SparcPPO) -> tuple[SparcCore, SparcCore]:
+    """The actor's and the critic's SPARC core, each with its per-task head."""
+    actor, critic = model.policy.actor_core, model.policy.critic_core
+    assert isinstance(actor, SparcCore) and actor.task_head is not None
+    assert isinstance(critic, SparcCore) and critic.task_head is not None
+    return actor, critic
+
+
 def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: int, steps: int) -> list[str]:
     torch.set_num_threads(1)
     loaded = load_curriculum(curriculum)
@@ -56,19 +64,18 @@ def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: 
         model = SparcPPO.load(checkpoint, env=env, device="cpu")
     model.set_random_seed(seed)
     if variant == "reinit":
-        for core in (model.policy.actor_core, model.policy.critic_core):
+        for core in sparc_cores(model):
             core.cell.reset_parameters()
         model.policy._forget_optimizer_state()
     if variant in ("memory-off", "direct-heads"):  # the slots stay, but no core reads them
-        for core in (model.policy.actor_core, model.policy.critic_core):
+        for core in sparc_cores(model):
             core.n_filled.fill_(0)
+        model._stored_skills = []  # nor does a transfer trial try them
     if variant == "direct-heads":  # and the action and value heads train directly, fresh, as from scratch
-        policy = model.policy
+        actor, critic = sparc_cores(model)
         with torch.no_grad():
-            for core, head, gain in (
-                (policy.actor_core, policy.action_net, 0.01),
-                (policy.critic_core, policy.value_net, 1),
-            ):
+            for core, head, gain in ((actor, model.policy.action_net, 0.01), (critic, model.policy.value_net, 1)):
+                assert isinstance(head, torch.nn.Linear) and core.task_head is not None
                 core.readout_attached.fill_(False)
                 core.task_head.requires_grad_(False)
                 torch.nn.init.orthogonal_(head.weight, gain=gain)
@@ -77,8 +84,8 @@ def probe(variant: str, curriculum: str, task_name: str, checkpoint: str, seed: 
                 for param in head.parameters():
                     model.policy.optimizer.state.pop(param, None)
     if variant in ("critic-zero", "critic-gain-1"):
-        critic = model.policy.critic_core
-        assert isinstance(critic, SparcCore) and critic.task_head is not None
+        critic = sparc_cores(model)[1]
+        assert critic.task_head is not None
         with torch.no_grad():
             torch.nn.init.orthogonal_(critic.task_head.weight, gain=float(variant == "critic-gain-1"))
             critic.task_head.bias.zero_()
