@@ -38,10 +38,9 @@ VARIANTS = ("as-is", "reinit", "memory-off", "direct-heads", "critic-zero", "cri
 
 
 def sparc_cores(model: SparcPPO) -> tuple[SparcCore, SparcCore]:
-    """The actor's and the critic's SPARC core, each with its per-task head."""
+    """The actor's and the critic's SPARC core."""
     actor, critic = model.policy.actor_core, model.policy.critic_core
-    assert isinstance(actor, SparcCore) and actor.task_head is not None
-    assert isinstance(critic, SparcCore) and critic.task_head is not None
+    assert isinstance(actor, SparcCore) and isinstance(critic, SparcCore)
     return actor, critic
 
 
