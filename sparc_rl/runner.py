@@ -4,7 +4,8 @@ A run directory holds::
 
     config.json        resolved curriculum, agent, seed, command and package versions
     state.json         progress (stage, steps, evaluation history): the commit point for --resume
-    checkpoints/       task-<i>-<name>.zip at each task end, step-<n>.zip at each evaluation
+    checkpoints/       task-<i>-<name>.zip at each task end, step-<n>.zip at each evaluation with
+                       step-<n>.snapshot.pkl (random generators, training envs, recurrent state)
     tb/                one TensorBoard run (per-task scores, continual metrics, SPARC internals, figures)
     metrics.json, retention.csv, retention.png, learning_curves.png, report.md
 
@@ -45,6 +46,7 @@ from sparc_rl.inference import check_spaces, load_saved_model
 from sparc_rl.io import atomic_write_json, atomic_write_text, check_checkpoint_file, save_model_atomically, versions
 from sparc_rl.ppo import SparcPPO
 from sparc_rl.reporting import learning_curve_figure, retention_figure, write_report
+from sparc_rl.snapshot import load_snapshot, restore_snapshot, save_snapshot, snapshot_path
 
 STATE_VERSION = 1
 HistoryRow = tuple[int, int, list[float]]
@@ -210,6 +212,10 @@ class ContinualRunner:
         self.model: BaseAlgorithm | None = None
         self.state = RunState()
         self._resuming = False
+        #: set when the training envs cannot be pickled: step snapshots are then skipped, with one warning
+        self._snapshots_unavailable = False
+        #: the last commit's snapshot, read before any file is written and applied when training resumes
+        self._snapshot: dict[str, Any] | None = None
         self._env_stage = 0
         self._clock = time.time()
 
@@ -290,14 +296,18 @@ class ContinualRunner:
         return sorted({math.ceil(budget * k / every / rollout) * rollout for k in range(1, every + 1)})
 
     def _commit(self, model: BaseAlgorithm) -> None:
-        """Checkpoint, then the state that points at it (the commit), then drop older step checkpoints."""
+        """Checkpoint and its snapshot, then the state that points at them (the commit), then drop older
+        step files."""
         checkpoint_dir = self.run_dir / "checkpoints"
-        name = f"step-{model.num_timesteps}.zip"
-        save_model_atomically(model, checkpoint_dir / name)
-        self.state.checkpoint = f"checkpoints/{name}"
+        checkpoint = checkpoint_dir / f"step-{model.num_timesteps}.zip"
+        save_model_atomically(model, checkpoint)
+        snapshot = snapshot_path(checkpoint)
+        if not self._snapshots_unavailable:
+            self._snapshots_unavailable = not save_snapshot(model, snapshot)
+        self.state.checkpoint = f"checkpoints/{checkpoint.name}"
         self._save_state(model)
-        for old in checkpoint_dir.glob("step-*.zip"):
-            if old.name != name:
+        for old in checkpoint_dir.glob("step-*"):
+            if old not in (checkpoint, snapshot):
                 old.unlink(missing_ok=True)
 
     def _save_state(self, model: BaseAlgorithm) -> None:
@@ -393,6 +403,9 @@ class ContinualRunner:
             )
         path = self.run_dir / self.state.checkpoint
         check_checkpoint_file(path)
+        snapshot = snapshot_path(path)
+        if self.state.steps_in_stage > 0 and snapshot.is_file():
+            self._snapshot = load_snapshot(snapshot)
         model_class: type[BaseAlgorithm]
         if self.agent.algorithm == "recurrent-ppo":
             from sb3_contrib import RecurrentPPO
@@ -415,8 +428,12 @@ class ContinualRunner:
             self._env_stage = stage
         if not resuming_inside:
             # each task starts from its own seed, so a run resumed at a task boundary continues exactly
-            # as the uninterrupted run would (a checkpoint does not carry the random generators)
+            # as the uninterrupted run would
             model.set_random_seed(self._stage_seed(stage))
+        elif self._snapshot is not None:
+            # inside a task, the snapshot of the last commit makes the rest of the task exact too
+            restore_snapshot(model, self._snapshot)
+            self._snapshot = None
         if announced and isinstance(model, SparcPPO) and not resuming_inside:
             model.start_task(task.name)
         callback = _ProgressCallback(bar)

@@ -3,19 +3,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
 import yaml
+from stable_baselines3.common.env_util import make_vec_env
 
 from sparc_rl import SparcPPO
 from sparc_rl.agents import parse_agent
 from sparc_rl.cli import main
 from sparc_rl.curriculum import parse_curriculum
 from sparc_rl.runner import ContinualRunner, RunResult
+from sparc_rl.snapshot import save_snapshot
 from tests.conftest import tiny_agent_data, tiny_curriculum_dict
 
 TINY_AGENT = tiny_agent_data(
@@ -136,6 +140,98 @@ def test_a_run_resumed_at_a_task_boundary_continues_exactly_like_the_uninterrupt
         uninterrupted.model.policy.state_dict().items(), resumed.model.policy.state_dict().items(), strict=True
     ):
         assert th.equal(p1, p2), name
+
+
+TINY_RECURRENT_PPO = {
+    "name": "tiny-recurrent-ppo",
+    "algorithm": "recurrent-ppo",
+    "policy_kwargs": {"lstm_hidden_size": 8, "n_lstm_layers": 1},
+    "algorithm_kwargs": {"n_steps": 32, "batch_size": 64, "n_epochs": 2},
+    "n_envs": 2,
+    "consolidate": False,
+}
+
+
+def _run_of(agent_data: dict, run_dir: Path, eval_every: int = 4) -> ContinualRunner:
+    curriculum = tiny_curriculum_dict()
+    curriculum["eval_every"] = eval_every
+    return ContinualRunner(
+        parse_curriculum(curriculum, "tiny"), parse_agent(agent_data), seed=3, run_dir=run_dir, progress=False
+    )
+
+
+@pytest.mark.parametrize(
+    "agent_data",
+    [
+        pytest.param(TINY_AGENT, marks=pytest.mark.slow, id="sparc"),
+        pytest.param(tiny_agent_data("lstm"), id="lstm"),
+        pytest.param(TINY_RECURRENT_PPO, marks=pytest.mark.slow, id="recurrent-ppo"),
+    ],
+)
+def test_a_run_resumed_inside_a_task_continues_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch, agent_data):
+    uninterrupted = _run_of(agent_data, tmp_path / "whole")
+    uninterrupted.run()
+    commit = ContinualRunner._commit
+
+    def stop_after_the_second_evaluation_of_the_second_task(self, model):
+        commit(self, model)
+        if self.state.stage == 1 and len([row for row in self.state.history if row[0] == 1]) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ContinualRunner, "_commit", stop_after_the_second_evaluation_of_the_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        _run_of(agent_data, tmp_path / "split").run()
+    monkeypatch.setattr(ContinualRunner, "_commit", commit)
+    # one step checkpoint and its snapshot are kept, older ones are dropped
+    step_files = sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step-*"))
+    assert len(step_files) == 2 and step_files[0].endswith(".snapshot.pkl") and step_files[1].endswith(".zip")
+
+    resumed = ContinualRunner.resume(tmp_path / "split", progress=False)
+    assert resumed.state.stage == 1 and resumed.state.steps_in_stage > 0
+    resumed.run()
+    assert resumed.state.history == uninterrupted.state.history
+    assert resumed.state.returns_history == uninterrupted.state.returns_history
+    for (name, p1), (_, p2) in zip(
+        uninterrupted.model.policy.state_dict().items(), resumed.model.policy.state_dict().items(), strict=True
+    ):
+        assert th.equal(p1, p2), name
+
+
+def test_a_damaged_snapshot_is_a_clear_error_and_deleting_it_resumes_with_fresh_draws(tmp_path, monkeypatch, capsys):
+    commit = ContinualRunner._commit
+
+    def stop_inside_the_first_task(self, model):
+        commit(self, model)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ContinualRunner, "_commit", stop_inside_the_first_task)
+    with pytest.raises(KeyboardInterrupt):
+        _run_of(TINY_AGENT, tmp_path / "run").run()
+    monkeypatch.setattr(ContinualRunner, "_commit", commit)
+    (snapshot,) = (tmp_path / "run" / "checkpoints").glob("step-*.snapshot.pkl")
+    snapshot.write_bytes(snapshot.read_bytes()[:100])
+    before = _files_snapshot(tmp_path / "run")
+    assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "snapshot" in err and "damaged" in err and "delete it" in err and "Traceback" not in err
+    assert _files_snapshot(tmp_path / "run") == before
+    snapshot.unlink()
+    assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["finished"]
+
+
+def test_envs_that_cannot_be_pickled_skip_the_snapshot_with_a_warning(tmp_path):
+    class HoldsALock(gym.Wrapper):
+        def __init__(self, env: gym.Env) -> None:
+            super().__init__(env)
+            self.lock = threading.Lock()
+
+    env = make_vec_env("CartPole-v1", n_envs=2, seed=0, wrapper_class=HoldsALock)
+    model = SparcPPO("MlpSparcPolicy", env, n_steps=16, batch_size=32, policy_kwargs={"core": "lstm", "hidden_size": 8})
+    path = tmp_path / "step-32.snapshot.pkl"
+    with pytest.warns(UserWarning, match="cannot be pickled.*fresh random draws"):
+        assert save_snapshot(model, path) is False
+    assert not path.exists() and not list(tmp_path.iterdir())
 
 
 def test_resume_with_a_truncated_checkpoint_is_a_clear_error_and_changes_nothing(tmp_path, capsys):
