@@ -108,14 +108,20 @@ def _tiny_run(run_dir: Path) -> ContinualRunner:
     return runner
 
 
-def test_same_seed_same_score_matrix(tmp_path):
-    first, second = _tiny_run(tmp_path / "a"), _tiny_run(tmp_path / "b")
-    assert first.state.matrix == second.state.matrix
+def _assert_same_run(first: ContinualRunner, second: ContinualRunner) -> None:
+    """Same evaluations (scores and returns) and bit-identical final parameters."""
+    assert first.state.history == second.state.history
     assert first.state.returns_history == second.state.returns_history
     for (name, p1), (_, p2) in zip(
         first.model.policy.state_dict().items(), second.model.policy.state_dict().items(), strict=True
     ):
         assert th.equal(p1, p2), name
+
+
+def test_same_seed_same_score_matrix(tmp_path):
+    first, second = _tiny_run(tmp_path / "a"), _tiny_run(tmp_path / "b")
+    assert first.state.matrix == second.state.matrix
+    _assert_same_run(first, second)
 
 
 def test_a_run_resumed_at_a_task_boundary_continues_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch):
@@ -135,11 +141,7 @@ def test_a_run_resumed_at_a_task_boundary_continues_exactly_like_the_uninterrupt
     assert resumed.state.stage == 1 and resumed.state.steps_in_stage == 0
     resumed.run()
     assert resumed.state.matrix == uninterrupted.state.matrix
-    assert resumed.state.returns_history == uninterrupted.state.returns_history
-    for (name, p1), (_, p2) in zip(
-        uninterrupted.model.policy.state_dict().items(), resumed.model.policy.state_dict().items(), strict=True
-    ):
-        assert th.equal(p1, p2), name
+    _assert_same_run(uninterrupted, resumed)
 
 
 TINY_RECURRENT_PPO = {
@@ -189,12 +191,7 @@ def test_a_run_resumed_inside_a_task_continues_exactly_like_the_uninterrupted_on
     resumed = ContinualRunner.resume(tmp_path / "split", progress=False)
     assert resumed.state.stage == 1 and resumed.state.steps_in_stage > 0
     resumed.run()
-    assert resumed.state.history == uninterrupted.state.history
-    assert resumed.state.returns_history == uninterrupted.state.returns_history
-    for (name, p1), (_, p2) in zip(
-        uninterrupted.model.policy.state_dict().items(), resumed.model.policy.state_dict().items(), strict=True
-    ):
-        assert th.equal(p1, p2), name
+    _assert_same_run(uninterrupted, resumed)
 
 
 def test_a_damaged_snapshot_is_a_clear_error_and_deleting_it_resumes_with_fresh_draws(tmp_path, monkeypatch, capsys):
