@@ -76,20 +76,21 @@ def load_snapshot(path: Path) -> dict[str, Any]:
 
     :raise CheckpointError: if the file is damaged or from another version
     """
+    fix = "delete it to resume this task with fresh random draws."
     try:
         data = pickle.loads(path.read_bytes())
         version = data["version"]
-        missing = {"random", "env", "loop"} - set(data)
+        missing = sorted({"random", "env", "loop"} - set(data))
     except Exception as error:  # any unpickling failure means the same thing to the user
         raise CheckpointError(
-            f"Resume snapshot {str(path)!r} is damaged ({type(error).__name__}: {error}); delete it to resume "
-            "this task with fresh random draws."
+            f"Resume snapshot {str(path)!r} is damaged ({type(error).__name__}: {error}); {fix}"
         ) from None
-    if version != SNAPSHOT_VERSION or missing:
+    if version != SNAPSHOT_VERSION:
         raise CheckpointError(
-            f"Resume snapshot {str(path)!r} has version {version} (this sparc-rl reads {SNAPSHOT_VERSION}); "
-            "delete it to resume this task with fresh random draws."
+            f"Resume snapshot {str(path)!r} has version {version}, this sparc-rl reads {SNAPSHOT_VERSION}; {fix}"
         )
+    if missing:
+        raise CheckpointError(f"Resume snapshot {str(path)!r} is damaged (no {', '.join(missing)}); {fix}")
     return dict(data)
 
 

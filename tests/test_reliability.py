@@ -1,5 +1,7 @@
 import json
 import os
+import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +20,9 @@ from sparc_rl import SparcPPO
 from sparc_rl.agents import parse_agent
 from sparc_rl.cli import main
 from sparc_rl.curriculum import parse_curriculum
+from sparc_rl.errors import CheckpointError
 from sparc_rl.runner import ContinualRunner, RunResult
-from sparc_rl.snapshot import save_snapshot
+from sparc_rl.snapshot import load_snapshot, save_snapshot
 from tests.conftest import tiny_agent_data, tiny_curriculum_dict
 
 TINY_AGENT = tiny_agent_data(
@@ -215,6 +218,21 @@ def test_a_damaged_snapshot_is_a_clear_error_and_deleting_it_resumes_with_fresh_
     snapshot.unlink()
     assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "run" / "state.json").read_text())["finished"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"version": 2, "random": {}, "env": None, "loop": {}}, "has version 2, this sparc-rl reads 1"),
+        ({"version": 1, "env": None}, "is damaged (no loop, random)"),
+        (5, "is damaged (TypeError"),
+    ],
+)
+def test_a_snapshot_of_another_version_or_shape_is_a_clear_error(tmp_path, content, message):
+    path = tmp_path / "step-32.snapshot.pkl"
+    path.write_bytes(pickle.dumps(content))
+    with pytest.raises(CheckpointError, match=re.escape(message) + ".*delete it to resume"):
+        load_snapshot(path)
 
 
 def test_envs_that_cannot_be_pickled_skip_the_snapshot_with_a_warning(tmp_path):
