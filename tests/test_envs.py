@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
+from minigrid.core.grid import Grid
+from minigrid.core.world_object import Wall
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.wrappers import OneHotPartialObsWrapper
 
@@ -17,7 +19,7 @@ from sparc_rl.envs import (
     MinigridImageTask,
     PreviousActionRewardObservation,
 )
-from sparc_rl.envs.minigrid_view import OneHotPartialObs, egocentric_view, install_fast_view
+from sparc_rl.envs.minigrid_view import OneHotPartialObs, _visible_cells, egocentric_view, install_fast_view
 
 SPARC_IDS = sorted(env_id for env_id in gym.registry if env_id.startswith("SparcRL/"))
 VARIANTS = [("SparcRL/Garden-v0", {"season": s}) for s in SEASONS] + [
@@ -226,6 +228,19 @@ def test_fast_minigrid_view_observes_exactly_what_minigrid_does(task):
     assert directions == {0, 1, 2, 3}
     if task.env_id == "MiniGrid-DoorKey-5x5-v0":
         assert carried, "the rollouts never picked up the key: they do not test the carried-object cell"
+
+
+@pytest.mark.parametrize("size", [3, 7, 9])
+def test_visible_cells_light_what_minigrid_lights(size):
+    rng = np.random.default_rng(size)
+    for wall_share in (0.1, 0.3, 0.6):
+        for _ in range(300):
+            opaque = rng.random((size, size)) < wall_share
+            grid = Grid(size, size)
+            for x, y in zip(*np.nonzero(opaque), strict=True):
+                grid.set(int(x), int(y), Wall())
+            expected = grid.process_vis(agent_pos=(size // 2, size - 1))
+            assert np.array_equal(_visible_cells(opaque), expected)
 
 
 def test_fast_minigrid_view_leaves_other_envs_alone():

@@ -338,6 +338,30 @@ def test_a_restarted_plastic_path_starts_with_fresh_optimizer_state(close):
     assert th.all(core.input_norm.weight == 1.0)  # shrink 0: back to the identity
 
 
+def test_adam_updating_all_parameters_at_once_trains_exactly_as_one_at_a_time():
+    """The default optimiser is SB3's Adam with ``foreach``; across a restart of the plastic path (whose
+    parameters then have fewer Adam steps than the rest) it must train bit for bit as torch's
+    one-tensor-at-a-time update, which is what the committed results were measured with."""
+    models = []
+    for optimizer_kwargs in (None, {"eps": 1e-5}):
+        # built and trained one after the other: building a model seeds the global random generators
+        model = small_model(
+            "sparc", n_slots=2, core_kwargs={"write_only_novel": False}, optimizer_kwargs=optimizer_kwargs
+        )
+        model.learn(64)
+        model.consolidate()
+        model.learn(64, reset_num_timesteps=False)
+        models.append(model)
+    default, one_at_a_time = (model.policy.optimizer.param_groups[0] for model in models)
+    assert (default["foreach"], default["eps"]) == (True, 1e-5)
+    assert (one_at_a_time["foreach"], one_at_a_time["eps"]) == (None, 1e-5)
+    assert int(models[0].policy.actor_core.n_filled) == 1
+    default_state, one_at_a_time_state = (model.policy.state_dict() for model in models)
+    assert default_state.keys() == one_at_a_time_state.keys()
+    for name, value in default_state.items():
+        assert th.equal(value, one_at_a_time_state[name]), name
+
+
 def _finish_episodes(model: SparcPPO, successes: list[bool]) -> None:
     """As if the current skill's training had just finished these episodes."""
     model.ep_success_buffer.extend(successes)

@@ -5,10 +5,15 @@ quarter turn at a time (a new ``Grid`` each), then encoding it cell by cell: abo
 step costs (8 envs, random actions: 6k env steps/s with it, 11k without). :func:`install_fast_view`
 replaces that for one env by the same computation on arrays; the observations are identical
 (``tests/test_envs.py`` compares them step by step on every MiniGrid task of the built-in curricula).
+Sight lines are swept row by row on bit masks, each distinct row computed once: with that, a
+precomputed one-hot index and numpy's rotations as plain views, 8 envs of minigrid-skills' tasks
+stepped with random actions ran 1.4-1.8x as fast again (2026-11-30, medians of 3 alternating runs:
+empty 6194 -> 11400 steps/s, lava-gap 5702 -> 7771, door-key 5302 -> 7818, dist-shift 6354 -> 10250).
 """
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any
 
@@ -40,40 +45,62 @@ def egocentric_view(env: MiniGridEnv) -> dict[str, Any]:
     window = (slice(top_x + size, top_x + 2 * size), slice(top_y + size, top_y + 2 * size))
     # MiniGrid turns the view left agent_dir + 1 times; on [x, y] arrays a left turn is np.rot90(k=-1)
     turns = -(env.agent_dir + 1)
-    view = np.rot90(padded_codes[window], k=turns)
+    view = _rot90(padded_codes[window], turns)
     if env.see_through_walls:
-        visible = np.ones((size, size), dtype=bool)
+        image = view.copy()
     else:
         opaque = np.array([cell is not None and not cell.see_behind() for cell in cells], dtype=bool)
         padded_opaque = np.ones(padded_codes.shape[:2], dtype=bool)
         padded_opaque[size:-size, size:-size] = opaque.reshape(grid.height, grid.width).T
-        visible = _visible_cells(np.rot90(padded_opaque[window], k=turns).tolist(), size)
-    image = np.zeros((size, size, 3), dtype=np.uint8)
-    image[visible] = view[visible]
+        visible = _visible_cells(_rot90(padded_opaque[window], turns))
+        image = np.where(visible[..., None], view, 0).astype(np.uint8, copy=False)
     # the agent sees what it carries in its own cell (nothing: an empty cell)
     image[size // 2, size - 1] = _EMPTY if env.carrying is None else env.carrying.encode()
     return {"image": image, "direction": env.agent_dir, "mission": env.mission}
 
 
-def _visible_cells(opaque: list[list[bool]], size: int) -> np.ndarray:
-    """MiniGrid's ``Grid.process_vis`` on plain lists: light spreads from the agent's cell row by row
-    away from it, sideways and diagonally forward, and stops at cells that block sight."""
-    mask = [[False] * size for _ in range(size)]
-    mask[size // 2][size - 1] = True
-    for j in reversed(range(size)):
-        for i in range(size - 1):
-            if mask[i][j] and not opaque[i][j]:
-                mask[i + 1][j] = True
-                if j > 0:
-                    mask[i + 1][j - 1] = True
-                    mask[i][j - 1] = True
-        for i in reversed(range(1, size)):
-            if mask[i][j] and not opaque[i][j]:
-                mask[i - 1][j] = True
-                if j > 0:
-                    mask[i - 1][j - 1] = True
-                    mask[i][j - 1] = True
-    return np.array(mask, dtype=bool)
+def _rot90(array: np.ndarray, turns: int) -> np.ndarray:
+    """``np.rot90(array, turns)`` as one view (numpy's own takes a few microseconds per call)."""
+    turns %= 4
+    if turns == 1:
+        return array[:, ::-1].swapaxes(0, 1)
+    if turns == 2:
+        return array[::-1, ::-1]
+    if turns == 3:
+        return array.swapaxes(0, 1)[:, ::-1]
+    return array
+
+
+def _visible_cells(opaque: np.ndarray) -> np.ndarray:
+    """MiniGrid's ``Grid.process_vis`` on a square ``[x, y]`` view with the agent at the bottom middle:
+    light spreads from the agent's cell row by row away from it, sideways and diagonally forward, and
+    stops at cells that block sight. Each row is one cached sweep over bit masks."""
+    size = opaque.shape[0]
+    bit_values = 1 << np.arange(size)
+    opaque_rows = (bit_values @ opaque).tolist()  # row y's cells as bits, x = bit
+    lit_rows = [0] * size
+    lit = 1 << (size // 2)
+    for y in reversed(range(size)):
+        lit_rows[y], lit = _sweep_row(lit, opaque_rows[y], size)
+    return (np.array(lit_rows)[None, :] & bit_values[:, None]) != 0
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sweep_row(lit: int, opaque: int, size: int) -> tuple[int, int]:
+    """One row of ``Grid.process_vis``: the row's lit cells after its rightward then leftward sweep,
+    and the cells of the next row (farther from the agent) that the sweeps light."""
+    row = [bool(lit >> x & 1) for x in range(size)]
+    clear = [not opaque >> x & 1 for x in range(size)]
+    ahead = 0
+    for x in range(size - 1):
+        if row[x] and clear[x]:
+            row[x + 1] = True
+            ahead |= 0b11 << x
+    for x in reversed(range(1, size)):
+        if row[x] and clear[x]:
+            row[x - 1] = True
+            ahead |= 0b11 << (x - 1)
+    return sum(1 << x for x in range(size) if row[x]), ahead
 
 
 def install_fast_view(env: gym.Env) -> bool:
@@ -97,14 +124,15 @@ class OneHotPartialObs(OneHotPartialObsWrapper):
     """MiniGrid's ``OneHotPartialObsWrapper`` (each cell's object, colour and state as one-hot bits),
     vectorised: the same observations, without a Python loop over the cells."""
 
-    _N_OBJECTS = len(OBJECT_TO_IDX)
-    _N_COLORS = len(COLOR_TO_IDX)
+    def __init__(self, env: gym.Env, tile_size: int = 8) -> None:
+        super().__init__(env, tile_size)
+        self._image_shape: tuple[int, int, int] = self.observation_space["image"].shape  # type: ignore[index]
+        height, width, bits = self._image_shape
+        # where each cell's object, colour and state bits start in the flattened output
+        field_starts = np.array([0, len(OBJECT_TO_IDX), len(OBJECT_TO_IDX) + len(COLOR_TO_IDX)])
+        self._field_offsets = (np.arange(height * width)[:, None] * bits + field_starts).reshape(height, width, 3)
 
     def observation(self, obs: dict[str, Any]) -> dict[str, Any]:
-        image = obs["image"]
-        out = np.zeros(self.observation_space["image"].shape, dtype=np.uint8)  # type: ignore[index]
-        rows, cols = np.indices(image.shape[:2])
-        out[rows, cols, image[..., 0]] = 1
-        out[rows, cols, self._N_OBJECTS + image[..., 1]] = 1
-        out[rows, cols, self._N_OBJECTS + self._N_COLORS + image[..., 2]] = 1
-        return {**obs, "image": out}
+        out = np.zeros(self._field_offsets.size // 3 * self._image_shape[2], dtype=np.uint8)
+        out[self._field_offsets + obs["image"]] = 1
+        return {**obs, "image": out.reshape(self._image_shape)}
