@@ -11,8 +11,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch as th
+from minigrid.wrappers import ImgObsWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
 from sparc_rl import metrics as metric_fns
@@ -126,6 +129,23 @@ def _check_saved_run(runner: ContinualRunner) -> None:
         )
 
 
+def machine_speed(seconds: float = 2.0, n_envs: int = 8) -> float:
+    """How fast this machine is, as a yardstick for wall times measured on different machines: env
+    steps per second of stock MiniGrid DoorKey-5x5 (image observations, ``n_envs`` envs in a
+    DummyVecEnv, random actions), the design brief's "random actions" reference (about 10,000 there).
+    Stock MiniGrid, not this package's faster views, so the number does not move with this code."""
+    env = DummyVecEnv([lambda: ImgObsWrapper(gym.make("MiniGrid-DoorKey-5x5-v0")) for _ in range(n_envs)])
+    env.seed(0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    steps, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        env.step(rng.integers(7, size=n_envs))
+        steps += n_envs
+    env.close()
+    return steps / elapsed
+
+
 def _plasticity(metrics: dict[str, Any]) -> float:
     """Fraction of tasks whose own-stage score reached the threshold."""
     steps = metrics.get("plasticity_steps_to_threshold") or []
@@ -193,6 +213,7 @@ def run_bench(
         if job.reference_task is None:
             _check_saved_run(_runner(job))  # before any training
     started = time.time()
+    speed = machine_speed()  # on idle cores, before the runs start
     results: list[dict[str, Any]] = []
     with tqdm(total=len(work), unit="run", desc="bench", disable=not progress, dynamic_ncols=True) as bar:
         if jobs == 1:
@@ -225,6 +246,7 @@ def run_bench(
         elapsed_s=time.time() - started,
         jobs=jobs,
         reused=sum(bool(r.get("reused")) for r in results),
+        machine_steps_per_s=speed,
     )
     if results:
         plot_results(out_dir, results, loaded.task_names)
@@ -270,6 +292,7 @@ def write_tables(
     elapsed_s: float = float("nan"),
     jobs: int = 1,
     reused: int = 0,
+    machine_steps_per_s: float = float("nan"),
 ) -> None:
     info = versions()
     command = f"sparc-rl bench --curriculum {curriculum} --agents {','.join(agents)} --seeds {seeds}"
@@ -294,7 +317,9 @@ def write_tables(
         f"{info['platform']}, torch {info['torch']}. Command: `{command}`.",
         "",
         f"Bench wall time: {elapsed_s / 60:.1f} min (parallel jobs: {jobs}"
-        + (f"; finished runs reused from an earlier invocation: {reused})." if reused else ")."),
+        + (f"; finished runs reused from an earlier invocation: {reused})." if reused else ").")
+        + f" Machine speed at the start: {machine_steps_per_s:.0f} env steps/s on stock MiniGrid DoorKey-5x5 with "
+        "random actions (8 envs; the design brief's table: about 10,000).",
         "",
         "Mean and 90% bootstrap interval over seeds. Plasticity = fraction of tasks reaching 0.9 success in "
         "their own stage. No task id is given to any agent at evaluation. " + transfer,

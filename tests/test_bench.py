@@ -1,4 +1,5 @@
 import csv
+import re
 
 import yaml
 
@@ -36,6 +37,8 @@ def test_bench_compares_agents_over_seeds(tmp_path, capsys):
     table = (out / "results.md").read_text()
     assert "| tiny-sparc | 2 |" in table and "| tiny-lstm | 2 |" in table
     assert "--seeds 2 --no-reference`" in table  # the command that reproduces it
+    speed = re.search(r"Machine speed at the start: (\d+) env steps/s on stock MiniGrid DoorKey-5x5", table)
+    assert speed and int(speed.group(1)) > 100  # the yardstick for comparing wall times across machines
     rows = list(csv.DictReader((out / "results.csv").open()))
     metrics = {(r["agent"], r["metric"]) for r in rows}
     assert ("tiny-sparc", "forgetting") in metrics and ("tiny-lstm", "env_steps_per_s") in metrics
