@@ -138,11 +138,12 @@ def machine_speed(seconds: float = 2.0, n_envs: int = 8) -> float:
     env.seed(0)
     env.reset()
     rng = np.random.default_rng(0)
+    n_actions = int(env.action_space.n)  # type: ignore[attr-defined]
     for _ in range(50):  # warm-up: the first steps of a fresh process run slower
-        env.step(rng.integers(7, size=n_envs))
+        env.step(rng.integers(n_actions, size=n_envs))
     steps, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        env.step(rng.integers(7, size=n_envs))
+        env.step(rng.integers(n_actions, size=n_envs))
         steps += n_envs
     env.close()
     return steps / elapsed
