@@ -9,7 +9,7 @@ n_steps=128, hidden size 64, side by side in one process:
 
 With --solve instead: the training time SparcPPO-sparc and RecurrentPPO need to reach 0.9 success.
 
-    python benchmarks/throughput.py --steps 20480      # -> benchmarks/results/throughput.md
+    python benchmarks/throughput.py --steps 20480 --rounds 4   # -> benchmarks/results/throughput.md
     python benchmarks/throughput.py --solve            # -> benchmarks/results/time_to_solve.md
 """
 
@@ -49,20 +49,33 @@ def vec_env(seed: int = 0):
     return make_vec_env(make_env, n_envs=N_ENVS, seed=seed)
 
 
-def random_sps(steps: int) -> float:
-    env = vec_env()
-    env.reset()
-    start = time.perf_counter()
-    for _ in range(steps // N_ENVS):
-        env.step(np.array([env.action_space.sample() for _ in range(N_ENVS)]))
-    return steps / (time.perf_counter() - start)
+class RandomActions:
+    """Env stepping alone, with random actions: the ceiling of every learner's speed."""
+
+    def __init__(self, seed: int) -> None:
+        self.env = vec_env(seed)
+        self.env.reset()
+
+    def run(self, steps: int) -> tuple[int, float]:
+        """Step ``steps`` env steps: (steps done, seconds)."""
+        start = time.perf_counter()
+        for _ in range(steps // N_ENVS):
+            self.env.step(np.array([self.env.action_space.sample() for _ in range(N_ENVS)]))
+        return steps // N_ENVS * N_ENVS, time.perf_counter() - start
 
 
-def learn_sps(model, steps: int) -> float:
-    model.learn(N_STEPS * N_ENVS)  # warm-up: one rollout and update
-    start = time.perf_counter()
-    model.learn(steps, reset_num_timesteps=False)
-    return steps / (time.perf_counter() - start)
+class Learner:
+    """A model timed on ``learn`` after one warm-up rollout and update."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        model.learn(N_STEPS * N_ENVS)
+
+    def run(self, steps: int) -> tuple[int, float]:
+        """Learn for ``steps`` more env steps: (steps done, seconds)."""
+        before, start = self.model.num_timesteps, time.perf_counter()
+        self.model.learn(steps, reset_num_timesteps=False)
+        return self.model.num_timesteps - before, time.perf_counter() - start
 
 
 def builders(seed: int) -> dict[str, callable]:
@@ -155,13 +168,24 @@ def header(title: str, command: str) -> list[str]:
     ]
 
 
-def throughput_report(steps: int, seed: int) -> list[str]:
-    rows = [("random actions (ceiling)", random_sps(steps))]
-    print(f"{rows[-1][0]}: {rows[-1][1]:.0f} steps/s", flush=True)
-    for name, build in builders(seed).items():
-        rows.append((name, learn_sps(build(), steps)))
-        print(f"{name}: {rows[-1][1]:.0f} steps/s", flush=True)
-    sps = dict(rows)
+def throughput_report(steps: int, seed: int, rounds: int) -> list[str]:
+    """Every contender's ``steps`` timed in ``rounds`` chunks, the contenders taking turns (in an order
+    rotating by one per round): this machine's speed drifts by up to 2x within minutes, and taking
+    turns spreads that drift over all contenders alike. Speed = steps / seconds, summed over rounds."""
+    contenders = {"random actions (ceiling)": RandomActions(seed).run}
+    contenders |= {name: Learner(build()).run for name, build in builders(seed).items()}
+    names = list(contenders)
+    chunk = max(N_STEPS * N_ENVS, steps // rounds // (N_STEPS * N_ENVS) * N_STEPS * N_ENVS)
+    done = dict.fromkeys(names, 0)
+    seconds = dict.fromkeys(names, 0.0)
+    for round_index in range(rounds):
+        for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
+            chunk_steps, chunk_seconds = contenders[name](chunk)
+            done[name] += chunk_steps
+            seconds[name] += chunk_seconds
+            print(f"round {round_index + 1}/{rounds}, {name}: {chunk_steps / chunk_seconds:.0f} steps/s", flush=True)
+    sps = {name: done[name] / seconds[name] for name in names}
+
     rppo = sps["RecurrentPPO LSTM-64 (its defaults: 10 epochs, batch 128)"]
     rppo_same = sps["RecurrentPPO LSTM-64 (4 epochs, batch 256, as SparcPPO)"]
     rppo_whole = sps["RecurrentPPO LSTM-64 (its defaults), whole-sequence LSTM (the recurrent-ppo preset's)"]
@@ -171,15 +195,17 @@ def throughput_report(steps: int, seed: int) -> list[str]:
     sparc8 = sps["SparcPPO sparc core, 8 slots filled"]
     lines = header(
         "Throughput: MiniGrid DoorKey-5x5, 8 envs, n_steps=128, hidden 64",
-        f"python benchmarks/throughput.py --steps {steps}",
+        f"python benchmarks/throughput.py --steps {steps} --rounds {rounds}",
     )
     lines += [
-        f"Env steps per second over {steps} steps of `learn` (after one warm-up rollout), one process:",
+        f"Env steps per second of `learn` (after one warm-up rollout), one process: every contender built first, "
+        f"then {steps} steps each, timed in {rounds} rounds of {chunk} steps with the contenders taking turns "
+        "(the order rotating by one per round), so the machine's drift falls on all of them alike.",
         "",
         "| what | env steps/s | vs RecurrentPPO (defaults) | vs SB3 PPO |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {name} | {value:.0f} | {value / rppo:.2f}x | {value / ppo:.2f}x |" for name, value in rows]
+    lines += [f"| {name} | {value:.0f} | {value / rppo:.2f}x | {value / ppo:.2f}x |" for name, value in sps.items()]
     lines += [
         "",
         f"- SparcPPO-sparc (8 slots filled) / RecurrentPPO defaults: **{sparc8 / rppo:.2f}x** (target >= 4x); "
@@ -231,7 +257,8 @@ def solve_report(seed: int, budget: int, max_seconds: float) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=20480)
+    parser.add_argument("--steps", type=int, default=20480, help="env steps timed per contender, over all rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="timing rounds, each contender once per round")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--solve", action="store_true", help="measure time to 0.9 success instead of throughput")
     parser.add_argument("--solve-budget", type=int, default=300_000)
@@ -243,7 +270,7 @@ def main() -> None:
         lines = solve_report(args.seed, args.solve_budget, args.solve_seconds)
         out = Path(args.out or "benchmarks/results/time_to_solve.md")
     else:
-        lines = throughput_report(args.steps, args.seed)
+        lines = throughput_report(args.steps, args.seed, args.rounds)
         out = Path(args.out or "benchmarks/results/throughput.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
