@@ -173,6 +173,12 @@ def run_bench(
     (default: the first agent) trained from scratch on each distinct task, per seed. Those runs are
     scheduled first and cached, so the agents' runs find them ready. ``progress`` shows a bar of
     finished runs (references included) on stderr."""
+    if not agents:
+        raise ConfigError("--agents names no agent: give a comma-separated list, e.g. sparc,lstm.")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}.")
     loaded = load_curriculum(curriculum)
     reference_agent = reference_agent or agents[0]
     for agent in [*agents, reference_agent]:

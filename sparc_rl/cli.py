@@ -15,6 +15,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from sparc_rl.runner import ContinualRunner
 
+    if args.threads < 1:
+        raise SparcError(f"--threads must be at least 1, got {args.threads}.")
     torch.set_num_threads(args.threads)
     if args.resume:
         runner = ContinualRunner.resume(args.resume, progress=not args.no_progress)

@@ -42,6 +42,8 @@ def play(
     """Episode returns of the policy; frames go to ``record`` (.gif or .mp4) when given."""
     if episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {episodes}.")
+    if seed < 0:
+        raise ConfigError(f"--seed must not be negative, got {seed}.")
     if record is not None and Path(record).suffix not in (".gif", ".mp4"):
         raise ConfigError(f"--record must end in .gif or .mp4, got {record!r}.")
     env = make_play_env(env_id, env_kwargs, wrappers, "rgb_array" if record else None)

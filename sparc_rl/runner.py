@@ -49,6 +49,9 @@ from sparc_rl.reporting import learning_curve_figure, retention_figure, write_re
 from sparc_rl.snapshot import load_snapshot, restore_snapshot, save_snapshot, snapshot_path
 
 STATE_VERSION = 1
+#: the largest run seed: the seeds derived from it for each task's training and evaluation
+#: (``seed * 10007 + ...``) must stay below 2**32 for numpy
+MAX_SEED = 400_000
 HistoryRow = tuple[int, int, list[float]]
 
 
@@ -169,7 +172,7 @@ class ContinualRunner:
     :param curriculum: built-in name, path, or a loaded :class:`Curriculum`
     :param agent: built-in name, path, or a loaded :class:`AgentSpec`
     :param steps_per_task: overrides every task's budget
-    :param seed: seeds the model, the training envs and the evaluation episodes
+    :param seed: seeds the model, the training envs and the evaluation episodes (0 to :data:`MAX_SEED`)
     :param run_dir: output folder (default ``runs/<curriculum>-<agent>-seed<seed>-<time>``)
     :param eval_episodes: episodes per task per evaluation (default: the curriculum's)
     :param reference: also train single-task references (cached) so forward transfer is measured
@@ -195,10 +198,12 @@ class ContinualRunner:
         if steps_per_task is not None:
             self.curriculum = self.curriculum.with_steps_per_task(steps_per_task)
         self.agent = agent if isinstance(agent, AgentSpec) else load_agent(agent)
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"--seed must be from 0 to {MAX_SEED}, got {seed}.")
         self.seed = seed
-        self.eval_episodes = eval_episodes or self.curriculum.eval_episodes
+        self.eval_episodes = self.curriculum.eval_episodes if eval_episodes is None else eval_episodes
         if self.eval_episodes <= 0:
-            raise ConfigError(f"eval_episodes must be positive, got {self.eval_episodes}.")
+            raise ConfigError(f"--eval-episodes must be positive, got {self.eval_episodes}.")
         self.reference = reference
         if reference_agent is None:
             self.reference_agent = self.agent
@@ -578,6 +583,10 @@ def evaluate_saved_model(
     model_path: str | Path, curriculum: str | Path, episodes: int | None, seed: int
 ) -> tuple[Curriculum, dict[str, Any]]:
     """Load a saved SparcPPO model and score it on every task of a curriculum."""
+    if episodes is not None and episodes <= 0:
+        raise ConfigError(f"--episodes must be positive, got {episodes}.")
+    if seed < 0:
+        raise ConfigError(f"--seed must not be negative, got {seed}.")
     loaded = load_curriculum(curriculum)
     path = Path(model_path)
     model = load_saved_model(path)
@@ -586,4 +595,4 @@ def evaluate_saved_model(
         check_spaces(model.observation_space, model.action_space, task_env)
     finally:
         task_env.close()
-    return loaded, evaluate_curriculum(model, loaded, episodes or loaded.eval_episodes, seed)
+    return loaded, evaluate_curriculum(model, loaded, loaded.eval_episodes if episodes is None else episodes, seed)

@@ -24,6 +24,36 @@ def test_list_shows_curricula_agents_and_envs(capsys):
         (["eval", "--model", "missing.zip"], "Checkpoint 'missing.zip' does not exist"),
         (["play", "--model", "missing.zip", "--env", "CartPole-v9"], "Unknown env id 'CartPole-v9'"),
         (["train", "--resume", "."], "is not a sparc-rl run directory"),
+        (["train", "--threads", "0"], "--threads must be at least 1, got 0"),
+        (["train", "--seed", "-1"], "--seed must be from 0 to 400000, got -1"),
+        (
+            ["train", "--eval-episodes", "0", "--curriculum", "cartpole-drift", "--steps-per-task", "256"],
+            "--eval-episodes must be positive, got 0",
+        ),
+        (
+            ["bench", "--seeds", "0", "--curriculum", "cartpole-drift", "--steps-per-task", "256"],
+            "--seeds must be at least 1, got 0",
+        ),
+        (
+            [
+                "bench",
+                "--jobs",
+                "0",
+                "--seeds",
+                "1",
+                "--agents",
+                "lstm",
+                "--no-reference",
+                "--curriculum",
+                "cartpole-drift",
+                "--steps-per-task",
+                "256",
+            ],
+            "--jobs must be at least 1, got 0",
+        ),
+        (["bench", "--agents", ","], "--agents names no agent"),
+        (["eval", "--model", "missing.zip", "--episodes", "0"], "--episodes must be positive, got 0"),
+        (["play", "--model", "missing.zip", "--env", "CartPole-v1", "--seed", "-2"], "--seed must not be negative"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_message_and_write_nothing(argv, message, tmp_path, monkeypatch, capsys):
