@@ -183,7 +183,12 @@ def run_bench(
     reference_agent = reference_agent or agents[0]
     for agent in [*agents, reference_agent]:
         load_agent(agent)  # fail fast on a bad name, before any training
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way, or no permission
+        raise ConfigError(
+            f"Cannot use {str(out_dir)!r} as the bench's --out folder: {error.strerror or error}."
+        ) from None
     jobs = jobs or max(1, min(os.cpu_count() or 1, len(agents) * seeds))
     common = dict(
         curriculum=curriculum,

@@ -152,6 +152,8 @@ def default_run_dir(curriculum: str, agent: str, seed: int, root: Path = Path("r
 
 
 def _prepare_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"Run directory {str(run_dir)!r} is a file; choose another --run-dir.")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(
             f"Run directory {str(run_dir)!r} already holds files; resume it with --resume {run_dir}, "

@@ -90,6 +90,33 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, capsys):
     assert [p.name for p in run_dir.iterdir()] == ["keep.txt"]
 
 
+def test_a_file_given_as_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    assert main(["train", "--run-dir", str(blocker)]) == 2
+    assert "is a file; choose another --run-dir" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "bench",
+                "--out",
+                str(blocker),
+                "--seeds",
+                "1",
+                "--agents",
+                "lstm",
+                "--no-reference",
+                "--curriculum",
+                "cartpole-drift",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "Cannot use" in err and "--out folder" in err and "Traceback" not in err
+    assert blocker.read_text() == "mine"
+
+
 def test_unwritable_run_dir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
