@@ -11,12 +11,14 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from sparc_rl.config import builtin_names, check_keys, read_yaml_mapping, resolve_file
-from sparc_rl.errors import ConfigError
+from sparc_rl.config import builtin_names, check_keys, check_settings, read_yaml_mapping, resolve_file
+from sparc_rl.errors import ConfigError, SparcError
 from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
 from sparc_rl.policies import MinigridCNN
 
 ALGORITHMS = ("sparc-ppo", "recurrent-ppo")
+#: the algorithms' arguments that the agent's other fields or the runner give, not ``algorithm_kwargs``
+SET_BY_THE_AGENT = {"policy", "env", "seed", "policy_kwargs", "plugins", "tensorboard_log"}
 PLUGINS: dict[str, type[ContinualPlugin]] = {
     "ewc": OnlineEWC,
     "behaviour-cloning": BehaviourCloning,
@@ -108,32 +110,40 @@ class AgentSpec:
         algorithm_kwargs = {**self.algorithm_kwargs, **(algorithm_overrides or {})}
         policy, policy_kwargs = self._policy_for(env.observation_space)
         if self.algorithm == "recurrent-ppo":
-            from sb3_contrib import RecurrentPPO
-
-            return RecurrentPPO(
-                policy,
-                env,
-                seed=seed,
-                policy_kwargs=policy_kwargs,
-                device="cpu",
-                tensorboard_log=tensorboard_log,
-                **algorithm_kwargs,
+            # this package's checkpoints and speeds are CPU ones; SB3's "auto" would pick a GPU
+            algorithm_kwargs.setdefault("device", "cpu")
+        else:
+            plugins = [PLUGINS[name](**kwargs) for name, kwargs in self.plugins]
+            detects = any(isinstance(plugin, NoveltyBoundaryDetector) for plugin in plugins)
+            if hidden_boundaries and self.consolidate and policy_kwargs.get("core", "sparc") == "sparc" and not detects:
+                plugins.append(NoveltyBoundaryDetector())
+            algorithm_kwargs["plugins"] = plugins
+        try:
+            return self.algorithm_class(
+                policy, env, seed=seed, policy_kwargs=policy_kwargs, tensorboard_log=tensorboard_log, **algorithm_kwargs
             )
-        from sparc_rl.ppo import SparcPPO
+        except SparcError:
+            raise
+        except (TypeError, ValueError) as error:  # a setting of the right type the algorithm rejects
+            raise ConfigError(
+                f"Agent {self.name!r}: the {self.algorithm} algorithm rejects its settings: {error}"
+            ) from None
 
-        plugins = [PLUGINS[name](**kwargs) for name, kwargs in self.plugins]
-        detects = any(isinstance(plugin, NoveltyBoundaryDetector) for plugin in plugins)
-        if hidden_boundaries and self.consolidate and policy_kwargs.get("core", "sparc") == "sparc" and not detects:
-            plugins.append(NoveltyBoundaryDetector())
-        return SparcPPO(
-            policy,
-            env,
-            seed=seed,
-            policy_kwargs=policy_kwargs,
-            plugins=plugins,
-            tensorboard_log=tensorboard_log,
-            **algorithm_kwargs,
-        )
+    @property
+    def algorithm_class(self) -> type[BaseAlgorithm]:
+        """SparcPPO, or sb3-contrib's RecurrentPPO."""
+        return algorithm_class(self.algorithm)
+
+
+def algorithm_class(algorithm: str) -> type[BaseAlgorithm]:
+    """The class of one of :data:`ALGORITHMS`."""
+    if algorithm == "recurrent-ppo":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO
+    from sparc_rl.ppo import SparcPPO
+
+    return SparcPPO
 
 
 def list_agents() -> list[str]:
@@ -155,6 +165,12 @@ def parse_agent(data: dict[str, Any], source: str = "<dict>") -> AgentSpec:
     for key in ("policy_kwargs", "algorithm_kwargs"):
         if not isinstance(data.get(key, {}), dict):
             raise ConfigError(f"{where}: {key!r} must be a mapping.")
+    check_settings(
+        data.get("algorithm_kwargs") or {},
+        algorithm_class(algorithm).__init__,
+        SET_BY_THE_AGENT,
+        f"{where}: algorithm_kwargs",
+    )
     plugins = []
     for entry in data.get("plugins") or []:
         name = entry if isinstance(entry, str) else entry.get("name") if isinstance(entry, dict) else None

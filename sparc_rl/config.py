@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,3 +71,65 @@ def check_keys(data: dict[str, Any], allowed: set[str], required: set[str], wher
     missing = sorted(required - set(data))
     if missing:
         raise ConfigError(f"{where}: missing key(s) {missing}.")
+
+
+def check_settings(settings: dict[str, Any], function: Callable[..., Any], set_elsewhere: set[str], where: str) -> None:
+    """Settings that will be passed to ``function`` as keyword arguments: an unknown name, or a value a
+    YAML file cannot mean for its type hint, is an error now rather than a traceback later in training.
+
+    :param set_elsewhere: parameters of ``function`` these settings may not give
+    """
+    parameters = inspect.signature(function).parameters
+    allowed = sorted(
+        name
+        for name, parameter in parameters.items()
+        if name not in set_elsewhere
+        and name != "self"
+        and not name.startswith("_")
+        and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    )
+    hints = typing.get_type_hints(function)
+    for name, value in settings.items():
+        if name not in allowed:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown setting {name!r}.{hint} Allowed: {', '.join(allowed)}.")
+        if name in hints and not _fits(value, hints[name]):
+            note = ""
+            if isinstance(value, str) and _fits(1.0, hints[name]):
+                with contextlib.suppress(ValueError):  # only text that is a number gets the note
+                    note = f" (YAML reads {value} as text: write {float(value)!r})"
+            raise ConfigError(f"{where}: {name!r} must be {_describe(hints[name])}, got {value!r}{note}.")
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a value read from YAML can be ``hint``; hints this check does not know let it through."""
+    for option in _alternatives(hint):
+        origin = typing.get_origin(option) or option
+        if option is Any or (option is type(None) and value is None):
+            return True
+        if origin is Callable or origin is type or (option in (int, float) and isinstance(value, bool)):
+            continue  # YAML gives no callables or classes, and a YAML true is not a number
+        if (option is float and isinstance(value, int)) or (isinstance(origin, type) and isinstance(value, origin)):
+            return True
+        if origin not in _YAML_TYPES:
+            return True
+    return False
+
+
+_YAML_TYPES = (bool, int, float, str, dict, list, tuple, type(None))
+
+
+def _describe(hint: Any) -> str:
+    """What a YAML file may give for ``hint`` (callables and classes cannot come from YAML)."""
+    names = []
+    for option in _alternatives(hint):
+        origin = typing.get_origin(option) or option
+        if origin is Callable or origin is type:
+            continue
+        names.append("null" if option is type(None) else getattr(origin, "__name__", str(option)))
+    return " or ".join(names) or "set in Python, not in a file"

@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.wrappers import FlattenObservation
 
-from sparc_rl.config import builtin_names, check_keys, read_yaml_mapping, resolve_file
+from sparc_rl.config import builtin_names, check_keys, check_settings, read_yaml_mapping, resolve_file
 from sparc_rl.envs import WRAPPERS
 from sparc_rl.envs.minigrid_view import OneHotPartialObs, install_fast_view
 from sparc_rl.errors import ConfigError
@@ -221,6 +221,9 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
             f"{where}: 'algorithm_kwargs' cannot set {unknown}; a curriculum may set "
             f"{sorted(CURRICULUM_ALGORITHM_KEYS)} (other settings belong in the agent file)."
         )
+    from sparc_rl.ppo import SparcPPO  # both algorithms take these settings, with the same types
+
+    check_settings(algorithm_kwargs, SparcPPO.__init__, set(), f"{where}: algorithm_kwargs")
     return Curriculum(
         name=str(data["name"]),
         tasks=tuple(tasks),

@@ -413,15 +413,8 @@ class ContinualRunner:
         snapshot = snapshot_path(path)
         if self.state.steps_in_stage > 0 and snapshot.is_file():
             self._snapshot = load_snapshot(snapshot)
-        model_class: type[BaseAlgorithm]
-        if self.agent.algorithm == "recurrent-ppo":
-            from sb3_contrib import RecurrentPPO
-
-            model_class = RecurrentPPO
-        else:
-            model_class = SparcPPO
         try:
-            model = model_class.load(path, env=env, device="cpu")
+            model = self.agent.algorithm_class.load(path, env=env, device="cpu")
         except Exception as error:
             raise CheckpointError(f"Cannot load checkpoint {str(path)!r}: {error}") from None
         return model

@@ -1,7 +1,9 @@
 import copy
 
+import gymnasium as gym
 import pytest
 import yaml
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sparc_rl.agents import list_agents, load_agent, parse_agent
 from sparc_rl.curriculum import list_curricula, load_curriculum, parse_curriculum
@@ -58,6 +60,11 @@ def _broken(mutate):
         (lambda d: d["tasks"][0].update(wrappers=["sparkle"]), "unknown wrapper 'sparkle'"),
         (lambda d: d.update(algorithm_kwargs=[10]), "'algorithm_kwargs' must be a mapping"),
         (lambda d: d.update(algorithm_kwargs={"seq_len": 8}), "'algorithm_kwargs' cannot set \\['seq_len'\\]"),
+        (lambda d: d.update(algorithm_kwargs={"n_epochs": 2.5}), "'n_epochs' must be int, got 2.5"),
+        (
+            lambda d: d.update(algorithm_kwargs={"learning_rate": "3e-4"}),
+            "'learning_rate' must be float, got '3e-4' \\(YAML reads 3e-4 as text: write 0.0003\\)",
+        ),
     ],
 )
 def test_each_validation_error_has_one_clear_message(mutate, message):
@@ -100,3 +107,29 @@ def test_agent_validation():
         parse_agent({"name": "a", "polcy": "x"})
     with pytest.raises(ConfigError, match="Unknown agent 'sparcc'. Did you mean 'sparc'"):
         load_agent("sparcc")
+
+
+@pytest.mark.parametrize(
+    "algorithm,settings,message",
+    [
+        ("sparc-ppo", {"n_epoch": 3}, "unknown setting 'n_epoch'. Did you mean 'n_epochs'\\? Allowed: batch_size,"),
+        ("sparc-ppo", {"n_epochs": "x"}, "'n_epochs' must be int, got 'x'"),
+        ("sparc-ppo", {"normalize_advantage": 1}, "'normalize_advantage' must be bool, got 1"),
+        ("sparc-ppo", {"transfer_episodes": "all"}, "'transfer_episodes' must be int or null, got 'all'"),
+        ("sparc-ppo", {"env": "CartPole-v1"}, "unknown setting 'env'"),  # the curriculum gives the env
+        ("recurrent-ppo", {"seq_len": 8}, "unknown setting 'seq_len'"),  # SparcPPO's, not RecurrentPPO's
+        ("recurrent-ppo", {"target_kl": "0.01"}, "'target_kl' must be float or null, got '0.01' \\(YAML reads"),
+    ],
+)
+def test_agent_algorithm_settings_are_checked_when_the_file_is_read(algorithm, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_agent({"name": "a", "algorithm": algorithm, "algorithm_kwargs": settings}, "mine.yaml")
+
+
+def test_algorithm_settings_the_algorithm_rejects_are_one_clear_error():
+    spec = parse_agent({"name": "a", "algorithm_kwargs": {"learning_rate": -1.0}, "policy_kwargs": {"core": "gru"}})
+    env = DummyVecEnv([lambda: gym.make("CartPole-v1")])
+    with pytest.raises(
+        ConfigError, match="Agent 'a': the sparc-ppo algorithm rejects its settings: Invalid learning rate"
+    ):
+        spec.build(env, seed=0)
