@@ -177,6 +177,9 @@ def parse_agent(data: dict[str, Any], source: str = "<dict>") -> AgentSpec:
         if name not in PLUGINS:
             raise ConfigError(f"{where}: unknown plugin {entry!r}; choose from {sorted(PLUGINS)}.")
         kwargs = entry.get("kwargs", {}) if isinstance(entry, dict) else {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}: plugin {name!r}: 'kwargs' must be a mapping, got {kwargs!r}.")
+        check_settings(kwargs, PLUGINS[name].__init__, set(), f"{where}: plugin {name!r}")
         plugins.append((name, dict(kwargs)))
     if plugins and algorithm != "sparc-ppo":
         raise ConfigError(f"{where}: plugins need algorithm 'sparc-ppo'.")

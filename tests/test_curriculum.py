@@ -126,6 +126,20 @@ def test_agent_algorithm_settings_are_checked_when_the_file_is_read(algorithm, s
         parse_agent({"name": "a", "algorithm": algorithm, "algorithm_kwargs": settings}, "mine.yaml")
 
 
+@pytest.mark.parametrize(
+    "plugin,message",
+    [
+        ({"name": "ewc", "kwargs": {"lambd": 3}}, "plugin 'ewc': unknown setting 'lambd'. Allowed: decay, strength"),
+        ({"name": "ewc", "kwargs": {"strenght": 3}}, "Did you mean 'strength'"),
+        ({"name": "behaviour-cloning", "kwargs": {"chunks_per_task": 6.5}}, "'chunks_per_task' must be int, got 6.5"),
+        ({"name": "ewc", "kwargs": [3]}, "plugin 'ewc': 'kwargs' must be a mapping"),
+    ],
+)
+def test_plugin_settings_are_checked_when_the_file_is_read(plugin, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_agent({"name": "a", "plugins": [plugin]}, "mine.yaml")
+
+
 def test_algorithm_settings_the_algorithm_rejects_are_one_clear_error():
     spec = parse_agent({"name": "a", "algorithm_kwargs": {"learning_rate": -1.0}, "policy_kwargs": {"core": "gru"}})
     env = DummyVecEnv([lambda: gym.make("CartPole-v1")])
