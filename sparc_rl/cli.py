@@ -84,18 +84,26 @@ def _bench(args: argparse.Namespace) -> int:
 
     agents = [a for a in args.agents.split(",") if a]
     out = Path(args.out) if args.out else Path("runs") / f"bench-{Path(args.curriculum).stem}"
-    result_dir = run_bench(
-        args.curriculum,
-        agents,
-        args.seeds,
-        out,
-        args.steps_per_task,
-        args.eval_episodes,
-        args.jobs,
-        reference=not args.no_reference,
-        reference_agent=args.reference_agent,
-        progress=not args.no_progress,
-    )
+    try:
+        result_dir = run_bench(
+            args.curriculum,
+            agents,
+            args.seeds,
+            out,
+            args.steps_per_task,
+            args.eval_episodes,
+            args.jobs,
+            reference=not args.no_reference,
+            reference_agent=args.reference_agent,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"sparc-rl: bench interrupted; the same command continues it: the finished runs in {str(out)!r} are "
+            "reused and the others resume from their last checkpoint.",
+            file=sys.stderr,
+        )
+        return 130
     print((result_dir / "results.md").read_text())
     return 0
 

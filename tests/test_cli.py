@@ -117,6 +117,16 @@ def test_a_file_given_as_output_folder(tmp_path, capsys):
     assert blocker.read_text() == "mine"
 
 
+def test_an_interrupted_bench_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sparc_rl.bench.run_bench", interrupted)
+    assert main(["bench", "--out", str(tmp_path / "b")]) == 130
+    err = capsys.readouterr().err
+    assert "the same command continues it" in err and str(tmp_path / "b") in err and err.count("\n") == 1
+
+
 def test_unwritable_run_dir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
