@@ -46,6 +46,8 @@ def play(
         raise ConfigError(f"--seed must not be negative, got {seed}.")
     if record is not None and Path(record).suffix not in (".gif", ".mp4"):
         raise ConfigError(f"--record must end in .gif or .mp4, got {record!r}.")
+    if record is not None and not Path(record).resolve().parent.is_dir():
+        raise ConfigError(f"--record {record!r}: its folder does not exist; create it first or record elsewhere.")
     env = make_play_env(env_id, env_kwargs, wrappers, "rgb_array" if record else None)
     agent = SparcAgent.load(model_path, env=env, deterministic=deterministic)
     frames: list[Any] = []
@@ -69,7 +71,7 @@ def play(
             imageio.mimsave(record, frames, duration=0.1) if record.endswith(".gif") else imageio.mimsave(
                 record, frames, fps=10
             )
-        except (ValueError, RuntimeError, ImportError) as error:
+        except (ValueError, RuntimeError, ImportError, OSError) as error:
             raise ConfigError(
                 f"Cannot write {record!r} ({error}); .gif always works, .mp4 needs imageio-ffmpeg."
             ) from None

@@ -54,6 +54,10 @@ def test_list_shows_curricula_agents_and_envs(capsys):
         (["bench", "--agents", ","], "--agents names no agent"),
         (["eval", "--model", "missing.zip", "--episodes", "0"], "--episodes must be positive, got 0"),
         (["play", "--model", "missing.zip", "--env", "CartPole-v1", "--seed", "-2"], "--seed must not be negative"),
+        (
+            ["play", "--model", "missing.zip", "--env", "CartPole-v1", "--record", "no/such/folder/run.gif"],
+            "--record 'no/such/folder/run.gif': its folder does not exist",
+        ),
     ],
 )
 def test_user_mistakes_exit_2_with_one_message_and_write_nothing(argv, message, tmp_path, monkeypatch, capsys):
