@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import zipfile
@@ -51,6 +52,14 @@ def save_model_atomically(model: Any, path: Path) -> None:
 
 def check_checkpoint_file(path: Path) -> None:
     """Fail with a clear message for a missing, truncated or non-SB3 checkpoint before loading it."""
+    if path.is_dir():
+        task_ends = {
+            int(match[1]): zip_path
+            for zip_path in path.glob("checkpoints/task-*.zip")
+            if (match := re.match(r"task-(\d+)-", zip_path.name))
+        }
+        hint = f", e.g. the last task's: {str(task_ends[max(task_ends)])!r}" if task_ends else ""
+        raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint: give a model .zip{hint}.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist.")
     try:

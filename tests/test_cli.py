@@ -121,6 +121,16 @@ def test_a_file_given_as_output_folder(tmp_path, capsys):
     assert blocker.read_text() == "mine"
 
 
+def test_a_run_folder_given_as_model_names_its_last_task_checkpoint(tmp_path, capsys):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in ("task-2-heavy.zip", "task-10-late.zip", "task-notes.zip", "step-512.zip"):
+        (checkpoints / name).write_text("")
+    assert main(["eval", "--model", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a checkpoint" in err and str(checkpoints / "task-10-late.zip") in err
+
+
 def test_an_interrupted_bench_says_how_to_continue(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
