@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.save_util import json_to_data
 from stable_baselines3.common.vec_env import VecEnv
 
 from sparc_rl.errors import CheckpointError, SpaceMismatchError
@@ -57,15 +62,16 @@ def check_spaces(model_obs: spaces.Space, model_act: spaces.Space, env: gym.Env 
         )
 
 
-def load_saved_model(path: Path, device: str = "cpu") -> SparcPPO:
-    """Load a saved SparcPPO model, with one clear error for a broken or incompatible file.
+def load_saved_model(path: Path, device: str = "cpu") -> BaseAlgorithm:
+    """Load a saved model, with one clear error for a broken or incompatible file: a SparcPPO one, or
+    sb3-contrib's RecurrentPPO as the ``recurrent-ppo`` preset saves (told apart by the saved policy class).
 
     :param path: the checkpoint zip
     :param device: where to put the model
     """
     check_checkpoint_file(path)
     try:
-        return SparcPPO.load(path, device=device)
+        return _saved_algorithm(path).load(path, device=device)
     except Exception as error:
         hint = ""
         if "state_dict" in str(error):
@@ -74,6 +80,14 @@ def load_saved_model(path: Path, device: str = "cpu") -> SparcPPO:
                 " older version?): load it with the version that saved it, or train it again."
             )
         raise CheckpointError(f"Cannot load model {str(path)!r}:{hint} {error}") from None
+
+
+def _saved_algorithm(path: Path) -> type[BaseAlgorithm]:
+    with zipfile.ZipFile(path) as archive:
+        policy_class = json_to_data(archive.read("data").decode()).get("policy_class")
+    if isinstance(policy_class, type) and issubclass(policy_class, RecurrentActorCriticPolicy):
+        return RecurrentPPO
+    return SparcPPO
 
 
 class SparcAgent:
@@ -90,14 +104,14 @@ class SparcAgent:
 
     VecEnv: ``actions = agent.act(obs)``, then ``agent.episode_done(dones)`` after ``venv.step``.
 
-    :param model: a trained :class:`SparcPPO`
+    :param model: a trained :class:`SparcPPO` (or sb3-contrib ``RecurrentPPO``)
     :param deterministic: take the most likely action
     """
 
-    def __init__(self, model: SparcPPO, deterministic: bool = True) -> None:
+    def __init__(self, model: BaseAlgorithm, deterministic: bool = True) -> None:
         self.model = model
         self.deterministic = deterministic
-        self._state: np.ndarray | None = None
+        self._state: Any = None  # SparcPPO's state is one array, RecurrentPPO's an (h, c) pair
         self._starts: np.ndarray | None = None
 
     @classmethod

@@ -577,7 +577,7 @@ def _json_safe(value: Any) -> Any:
 def evaluate_saved_model(
     model_path: str | Path, curriculum: str | Path, episodes: int | None, seed: int
 ) -> tuple[Curriculum, dict[str, Any]]:
-    """Load a saved SparcPPO model and score it on every task of a curriculum."""
+    """Load a saved model (SparcPPO, or RecurrentPPO's) and score it on every task of a curriculum."""
     if episodes is not None and episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {episodes}.")
     if seed < 0:

@@ -142,3 +142,27 @@ def test_eval_prints_the_score_table(saved_model, tmp_path, capsys):
     assert main(["eval", "--model", str(saved_model), "--curriculum", str(path), "--episodes", "3"]) == 0
     out = capsys.readouterr().out
     assert "short" in out and "reversed" in out and "average" in out
+
+
+def test_a_recurrent_ppo_checkpoint_is_evaluated_and_played_like_a_sparc_one(tmp_path, capsys):
+    from sb3_contrib import RecurrentPPO
+
+    from sparc_rl.lstm_policies import MlpLstmPolicy
+
+    env = make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=2, seed=0, env_kwargs={"max_steps": 40})
+    model = RecurrentPPO(MlpLstmPolicy, env, n_steps=32, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(64)
+    path = tmp_path / "rppo.zip"
+    model.save(path)
+    agent = SparcAgent.load(path, env=gym.make("SparcRL/DriftingCartPole-v0", max_steps=40))
+    assert isinstance(agent.model, RecurrentPPO)
+    single = gym.make("SparcRL/DriftingCartPole-v0", max_steps=40)
+    obs, _ = single.reset(seed=1)
+    action = agent.act(obs)
+    expected, state = model.predict(obs, None, np.array([True]), deterministic=True)
+    assert action == expected.item()
+    obs, *_ = single.step(action)
+    assert agent.act(obs) == model.predict(obs, state, np.array([False]), deterministic=True)[0].item()
+    argv = ["play", "--model", str(path), "--env", "SparcRL/DriftingCartPole-v0", "--episodes", "1"]
+    assert main([*argv, "--env-kwargs", '{"max_steps": 40}']) == 0
+    assert "mean return over 1 episodes" in capsys.readouterr().out
