@@ -14,11 +14,13 @@ from stable_baselines3.common.vec_env import VecEnv
 from sparc_rl.config import builtin_names, check_keys, check_settings, read_yaml_mapping, resolve_file
 from sparc_rl.errors import ConfigError, SparcError
 from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
-from sparc_rl.policies import MinigridCNN
+from sparc_rl.policies import MinigridCNN, SparcActorCriticPolicy
 
 ALGORITHMS = ("sparc-ppo", "recurrent-ppo")
 #: the algorithms' arguments that the agent's other fields or the runner give, not ``algorithm_kwargs``
 SET_BY_THE_AGENT = {"policy", "env", "seed", "policy_kwargs", "plugins", "tensorboard_log"}
+#: the policies' arguments that the algorithm gives, not ``policy_kwargs``
+SET_BY_THE_ALGORITHM = {"observation_space", "action_space", "lr_schedule", "use_sde"}
 PLUGINS: dict[str, type[ContinualPlugin]] = {
     "ewc": OnlineEWC,
     "behaviour-cloning": BehaviourCloning,
@@ -146,6 +148,15 @@ def algorithm_class(algorithm: str) -> type[BaseAlgorithm]:
     return SparcPPO
 
 
+def _policy_base(algorithm: str) -> type[Any]:
+    """The policy class every policy of ``algorithm`` derives from (its settings are those)."""
+    if algorithm == "recurrent-ppo":
+        from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+        return RecurrentActorCriticPolicy
+    return SparcActorCriticPolicy
+
+
 def list_agents() -> list[str]:
     return builtin_names("agents")
 
@@ -166,10 +177,10 @@ def parse_agent(data: dict[str, Any], source: str = "<dict>") -> AgentSpec:
         if not isinstance(data.get(key, {}), dict):
             raise ConfigError(f"{where}: {key!r} must be a mapping.")
     check_settings(
-        data.get("algorithm_kwargs") or {},
-        algorithm_class(algorithm).__init__,
-        SET_BY_THE_AGENT,
-        f"{where}: algorithm_kwargs",
+        data.get("algorithm_kwargs") or {}, algorithm_class(algorithm), SET_BY_THE_AGENT, f"{where}: algorithm_kwargs"
+    )
+    check_settings(
+        data.get("policy_kwargs") or {}, _policy_base(algorithm), SET_BY_THE_ALGORITHM, f"{where}: policy_kwargs"
     )
     plugins = []
     for entry in data.get("plugins") or []:
@@ -179,7 +190,7 @@ def parse_agent(data: dict[str, Any], source: str = "<dict>") -> AgentSpec:
         kwargs = entry.get("kwargs", {}) if isinstance(entry, dict) else {}
         if not isinstance(kwargs, dict):
             raise ConfigError(f"{where}: plugin {name!r}: 'kwargs' must be a mapping, got {kwargs!r}.")
-        check_settings(kwargs, PLUGINS[name].__init__, set(), f"{where}: plugin {name!r}")
+        check_settings(kwargs, PLUGINS[name], set(), f"{where}: plugin {name!r}")
         plugins.append((name, dict(kwargs)))
     if plugins and algorithm != "sparc-ppo":
         raise ConfigError(f"{where}: plugins need algorithm 'sparc-ppo'.")

@@ -73,33 +73,46 @@ def check_keys(data: dict[str, Any], allowed: set[str], required: set[str], wher
         raise ConfigError(f"{where}: missing key(s) {missing}.")
 
 
-def check_settings(settings: dict[str, Any], function: Callable[..., Any], set_elsewhere: set[str], where: str) -> None:
-    """Settings that will be passed to ``function`` as keyword arguments: an unknown name, or a value a
-    YAML file cannot mean for its type hint, is an error now rather than a traceback later in training.
+def check_settings(settings: dict[str, Any], target: Callable[..., Any], set_elsewhere: set[str], where: str) -> None:
+    """Settings that will be passed to ``target`` (a function, or a class: its ``__init__`` and, where that
+    passes ``**kwargs`` on, its bases') as keyword arguments: an unknown name, or a value a YAML file
+    cannot mean for its type hint, is an error now rather than a traceback later in training.
 
-    :param set_elsewhere: parameters of ``function`` these settings may not give
+    :param set_elsewhere: parameters of ``target`` these settings may not give
     """
-    parameters = inspect.signature(function).parameters
-    allowed = sorted(
-        name
-        for name, parameter in parameters.items()
-        if name not in set_elsewhere
-        and name != "self"
-        and not name.startswith("_")
-        and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
-    )
-    hints = typing.get_type_hints(function)
+    allowed: set[str] = set()
+    hints: dict[str, Any] = {}
+    for function in _signatures(target):
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                allowed.add(name)
+        hints = {**typing.get_type_hints(function), **hints}
+    allowed = {name for name in allowed if name not in set_elsewhere and name != "self" and not name.startswith("_")}
     for name, value in settings.items():
         if name not in allowed:
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: unknown setting {name!r}.{hint} Allowed: {', '.join(allowed)}.")
+            raise ConfigError(f"{where}: unknown setting {name!r}.{hint} Allowed: {', '.join(sorted(allowed))}.")
         if name in hints and not _fits(value, hints[name]):
             note = ""
             if isinstance(value, str) and _fits(1.0, hints[name]):
                 with contextlib.suppress(ValueError):  # only text that is a number gets the note
                     note = f" (YAML reads {value} as text: write {float(value)!r})"
             raise ConfigError(f"{where}: {name!r} must be {_describe(hints[name])}, got {value!r}{note}.")
+
+
+def _signatures(target: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """``target``, or a class's ``__init__`` and those of its bases that it passes ``**kwargs`` on to."""
+    if not isinstance(target, type):
+        return [target]
+    functions = []
+    for cls in target.__mro__:
+        init = vars(cls).get("__init__")
+        if init is not None:
+            functions.append(init)
+            if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+                break
+    return functions
 
 
 def _alternatives(hint: Any) -> tuple[Any, ...]:

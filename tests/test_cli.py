@@ -7,6 +7,19 @@ import yaml
 from sparc_rl.cli import main
 from tests.conftest import tiny_curriculum_dict
 
+# a bench that trains little if a check under test stopped working and let it run
+TINY_BENCH = [
+    "--seeds",
+    "1",
+    "--agents",
+    "lstm",
+    "--no-reference",
+    "--curriculum",
+    "cartpole-drift",
+    "--steps-per-task",
+    "256",
+]
+
 
 def test_list_shows_curricula_agents_and_envs(capsys):
     assert main(["list"]) == 0
@@ -35,20 +48,7 @@ def test_list_shows_curricula_agents_and_envs(capsys):
             "--seeds must be at least 1, got 0",
         ),
         (
-            [
-                "bench",
-                "--jobs",
-                "0",
-                "--seeds",
-                "1",
-                "--agents",
-                "lstm",
-                "--no-reference",
-                "--curriculum",
-                "cartpole-drift",
-                "--steps-per-task",
-                "256",
-            ],
+            ["bench", "--jobs", "0", *TINY_BENCH],
             "--jobs must be at least 1, got 0",
         ),
         (["bench", "--agents", ","], "--agents names no agent"),
@@ -99,23 +99,7 @@ def test_a_file_given_as_output_folder(tmp_path, capsys):
     blocker.write_text("mine")
     assert main(["train", "--run-dir", str(blocker)]) == 2
     assert "is a file; choose another --run-dir" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "bench",
-                "--out",
-                str(blocker),
-                "--seeds",
-                "1",
-                "--agents",
-                "lstm",
-                "--no-reference",
-                "--curriculum",
-                "cartpole-drift",
-            ]
-        )
-        == 2
-    )
+    assert main(["bench", "--out", str(blocker), *TINY_BENCH]) == 2
     err = capsys.readouterr().err
     assert "Cannot use" in err and "--out folder" in err and "Traceback" not in err
     assert blocker.read_text() == "mine"
@@ -151,7 +135,7 @@ def test_unwritable_run_dir(tmp_path, capsys):
 def test_an_agent_setting_the_policy_rejects_leaves_the_run_dir_reusable(tmp_path, capsys):
     curriculum = tmp_path / "tiny.yaml"
     curriculum.write_text(yaml.safe_dump(tiny_curriculum_dict()))
-    agent = {"name": "typo", "policy_kwargs": {"core": "sparc", "gate_sped": 3}}
+    agent = {"name": "typo", "policy_kwargs": {"core": "sparc", "core_kwargs": {"gate_sped": 3}}}
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump(agent))
     argv = ["train", "--curriculum", str(curriculum), "--run-dir", str(tmp_path / "run"), "--no-progress"]
     assert main([*argv, "--agent", str(tmp_path / "typo.yaml")]) == 2

@@ -140,6 +140,22 @@ def test_plugin_settings_are_checked_when_the_file_is_read(plugin, message):
         parse_agent({"name": "a", "plugins": [plugin]}, "mine.yaml")
 
 
+@pytest.mark.parametrize(
+    "algorithm,settings,message",
+    [
+        ("sparc-ppo", {"hidden_size": "x"}, "policy_kwargs: 'hidden_size' must be int, got 'x'"),
+        ("sparc-ppo", {"net_arch": "wide"}, "'net_arch' must be list or dict or null, got 'wide'"),
+        ("sparc-ppo", {"ortho_init": "yes"}, "'ortho_init' must be bool"),  # SB3's ActorCriticPolicy's setting
+        ("sparc-ppo", {"lr_schedule": 0.1}, "unknown setting 'lr_schedule'"),  # the algorithm gives it
+        ("recurrent-ppo", {"lstm_hidden_sizes": 64}, "Did you mean 'lstm_hidden_size'"),
+        ("recurrent-ppo", {"hidden_size": 64}, "unknown setting 'hidden_size'"),  # SPARC's, not the LSTM policy's
+    ],
+)
+def test_policy_settings_are_checked_when_the_file_is_read(algorithm, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_agent({"name": "a", "algorithm": algorithm, "policy_kwargs": settings}, "mine.yaml")
+
+
 def test_algorithm_settings_the_algorithm_rejects_are_one_clear_error():
     spec = parse_agent({"name": "a", "algorithm_kwargs": {"learning_rate": -1.0}, "policy_kwargs": {"core": "gru"}})
     env = DummyVecEnv([lambda: gym.make("CartPole-v1")])
