@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--curriculum", default="cartpole-drift", help="built-in name or YAML path")
     train.add_argument("--agent", default="sparc", help="built-in preset name or YAML path")
     train.add_argument("--steps-per-task", type=int, default=None, help="override every task's budget")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="fixes the whole run: model, envs and evaluation episodes")
     train.add_argument("--run-dir", default=None, help="output folder (default: runs/<curriculum>-<agent>-...)")
     train.add_argument("--eval-episodes", type=int, default=None, help="episodes per task per evaluation")
     train.add_argument(
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="compare agents x seeds on one curriculum")
     bench.add_argument("--curriculum", default="garden-seasons")
     bench.add_argument("--agents", default="sparc,sparc-no-memory,sparc-no-gate,lstm,gru,lstm-ewc,lstm-clone")
-    bench.add_argument("--seeds", type=int, default=3)
+    bench.add_argument("--seeds", type=int, default=3, help="runs per agent, seeds 0 to N-1")
     bench.add_argument("--steps-per-task", type=int, default=None)
     bench.add_argument("--eval-episodes", type=int, default=None)
     bench.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
