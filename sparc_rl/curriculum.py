@@ -223,7 +223,7 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
         )
     from sparc_rl.ppo import SparcPPO  # both algorithms take these settings, with the same types
 
-    check_settings(algorithm_kwargs, SparcPPO.__init__, set(), f"{where}: algorithm_kwargs")
+    check_settings(algorithm_kwargs, SparcPPO, set(), f"{where}: algorithm_kwargs")
     return Curriculum(
         name=str(data["name"]),
         tasks=tuple(tasks),
