@@ -30,7 +30,7 @@ class BeaconEnv(gym.Env):
     :param length: corridor length
     """
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
 
     def __init__(self, beacon: str = "right", length: int = 8, render_mode: str | None = None) -> None:
         self.beacon, self.length, self.render_mode = beacon, length, render_mode

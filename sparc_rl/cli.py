@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -165,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     play = sub.add_parser("play", help="run a saved policy in a registered env, optionally recording it")
     play.add_argument("--model", required=True)
-    play.add_argument("--env", required=True, help="registered Gymnasium id")
+    play.add_argument(
+        "--env", required=True, help='registered Gymnasium id, or "module:EnvId" to import the module that registers it'
+    )
     play.add_argument("--env-kwargs", default=None, help='JSON object, e.g. \'{"season": "winter"}\'')
     play.add_argument("--wrappers", default=None, help="comma-separated wrapper names, as in curriculum files")
     play.add_argument("--episodes", type=int, default=3)
@@ -202,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # as under `python -m`: env ids in "module:EnvId" form may name a module in the current folder
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args))
     except SparcError as error:

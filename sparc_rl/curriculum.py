@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ class TaskSpec:
     """One task of a curriculum.
 
     :param name: unique name, used in logs and tags
-    :param env_id: registered Gymnasium id
+    :param env_id: registered Gymnasium id, or ``"module:EnvId"`` to import the module that registers it
     :param kwargs: keyword arguments for ``gym.make``
     :param wrappers: wrappers applied in order
     :param steps: training budget in env steps
@@ -167,13 +168,31 @@ def _parse_wrapper(entry: Any, where: str) -> WrapperSpec:
     return WrapperSpec(name, dict(kwargs))
 
 
-def _check_env_id(env_id: Any, where: str) -> str:
+def check_env_id(env_id: Any, where: str) -> str:
+    """Check that ``env_id`` names a registered env. Gymnasium's ``"module:EnvId"`` form is imported
+    first (the module registers its envs when imported), so curricula can name the user's own envs."""
     import sparc_rl  # noqa: F401  (registers the SparcRL/ envs)
 
-    if not isinstance(env_id, str) or env_id not in gym.registry:
-        close = difflib.get_close_matches(str(env_id), list(gym.registry), n=1)
+    if not isinstance(env_id, str):
+        raise ConfigError(f"{where}: the env id must be text, got {env_id!r}.")
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            raise ConfigError(
+                f"{where}: cannot import {module!r} for env id {env_id!r} ({error}); name a module importable "
+                "from the current folder or an installed one, as in 'my_package.envs:MyEnv-v0'."
+            ) from None
+        except Exception as error:  # the user's module failed while importing: say where, not a traceback
+            raise ConfigError(
+                f"{where}: importing {module!r} for env id {env_id!r} failed: {type(error).__name__}: {error}"
+            ) from None
+    if name not in gym.registry:
+        close = difflib.get_close_matches(name, list(gym.registry), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else " See gymnasium.pprint_registry() for the ids."
-        raise ConfigError(f"{where}: unknown env id {env_id!r}.{hint}")
+        registers = f" (importing {module!r} did not register it)" if module else ""
+        raise ConfigError(f"{where}: unknown env id {name!r}{registers}.{hint}")
     return env_id
 
 
@@ -202,7 +221,7 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
         tasks.append(
             TaskSpec(
                 name=str(raw["name"]),
-                env_id=_check_env_id(raw["env"], task_where),
+                env_id=check_env_id(raw["env"], task_where),
                 kwargs=dict(kwargs),
                 wrappers=tuple(_parse_wrapper(w, task_where) for w in wrappers),
                 steps=_positive_int(raw["steps"], task_where, "steps"),

@@ -7,16 +7,13 @@ from typing import Any
 
 import gymnasium as gym
 
-from sparc_rl.curriculum import NAMED_WRAPPERS
+from sparc_rl.curriculum import NAMED_WRAPPERS, check_env_id
 from sparc_rl.errors import ConfigError
 from sparc_rl.inference import SparcAgent
 
 
 def make_play_env(env_id: str, env_kwargs: dict[str, Any], wrappers: list[str], render_mode: str | None) -> gym.Env:
-    import sparc_rl  # noqa: F401  (registers the SparcRL/ envs)
-
-    if env_id not in gym.registry:
-        raise ConfigError(f"Unknown env id {env_id!r}; see `sparc-rl list` and gymnasium.pprint_registry().")
+    check_env_id(env_id, "--env")
     unknown = [w for w in wrappers if w not in NAMED_WRAPPERS]
     if unknown:
         raise ConfigError(f"Unknown wrapper(s) {unknown}; choose from {sorted(NAMED_WRAPPERS)}.")

@@ -1,5 +1,7 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -35,7 +37,7 @@ def test_list_shows_curricula_agents_and_envs(capsys):
         (["train", "--agent", "lstn"], "Unknown agent 'lstn'. Did you mean 'lstm'"),
         (["train", "--steps-per-task", "-3"], "--steps-per-task must be positive"),
         (["eval", "--model", "missing.zip"], "Checkpoint 'missing.zip' does not exist"),
-        (["play", "--model", "missing.zip", "--env", "CartPole-v9"], "Unknown env id 'CartPole-v9'"),
+        (["play", "--model", "missing.zip", "--env", "CartPole-v9"], "--env: unknown env id 'CartPole-v9'"),
         (["train", "--resume", "."], "is not a sparc-rl run directory"),
         (["train", "--threads", "0"], "--threads must be at least 1, got 0"),
         (["train", "--seed", "-1"], "--seed must be from 0 to 400000, got -1"),
@@ -142,3 +144,45 @@ def test_an_agent_setting_the_policy_rejects_leaves_the_run_dir_reusable(tmp_pat
     err = capsys.readouterr().err
     assert "gate_sped" in err and "Traceback" not in err
     assert not any((tmp_path / "run").iterdir())  # the fixed agent can use the same run directory
+
+
+def test_a_curriculum_on_the_users_own_env_trains_from_the_command(tmp_path):
+    """examples/beacon.yaml names its env as "examples.custom_env:MyProject/Beacon-v0": the installed
+    `sparc-rl` script (whose sys.path does not start with the current folder) must import it."""
+    repo = Path(__file__).resolve().parents[1]
+    script = Path(sys.executable).parent / "sparc-rl"
+    run_dir = tmp_path / "run"
+    args = ["train", "--curriculum", "examples/beacon.yaml", "--steps-per-task", "512", "--eval-episodes", "2"]
+    proc = subprocess.run(
+        [str(script), *args, "--run-dir", str(run_dir), "--no-progress"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    matrix = json.loads((run_dir / "metrics.json").read_text())["matrix"]
+    assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
+
+
+def test_env_modules_are_imported_from_the_current_folder(tmp_path):
+    """As under `python -m`, a "module:EnvId" curriculum may name a module in the folder the command
+    runs in (the installed script's sys.path does not hold it)."""
+    (tmp_path / "pole_envs_here.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('HerePoles/Pole-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv')\n"
+    )
+    data = tiny_curriculum_dict()
+    for task in data["tasks"]:
+        task["env"], task["kwargs"], task["wrappers"] = "pole_envs_here:HerePoles/Pole-v0", {}, []
+    (tmp_path / "here.yaml").write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "sparc-rl"), "train", "--curriculum", "here.yaml", "--steps-per-task", "256"]
+        + ["--eval-episodes", "2", "--run-dir", "run", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()

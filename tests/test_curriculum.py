@@ -163,3 +163,44 @@ def test_algorithm_settings_the_algorithm_rejects_are_one_clear_error():
         ConfigError, match="Agent 'a': the sparc-ppo algorithm rejects its settings: Invalid learning rate"
     ):
         spec.build(env, seed=0)
+
+
+def _curriculum_on(env_id: str) -> dict:
+    data = tiny_curriculum_dict()
+    for task in data["tasks"]:
+        task["env"], task["kwargs"], task["wrappers"] = env_id, {}, []
+    return data
+
+
+def test_env_ids_in_module_form_import_the_module_that_registers_them(tmp_path, monkeypatch):
+    (tmp_path / "my_pole_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('MyPoles/Pole-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "MyPoles/Pole-v0" not in gym.registry
+    curriculum = parse_curriculum(_curriculum_on("my_pole_envs:MyPoles/Pole-v0"))
+    assert curriculum.tasks[0].env_id == "my_pole_envs:MyPoles/Pole-v0"  # kept: a resumed run imports it again
+    env = curriculum.tasks[0].make_env()
+    assert env.spec is not None and env.spec.id == "MyPoles/Pole-v0"
+    env.close()
+
+
+@pytest.mark.parametrize(
+    "module_source,env_id,message",
+    [
+        (None, "no_such_envs_module:Pole-v0", "cannot import 'no_such_envs_module' for env id"),
+        ("x = 1\n", "registers_nothing:MyPoles/Nothing-v0", "importing 'registers_nothing' did not register it"),
+        ("raise RuntimeError('boom')\n", "broken_envs:Pole-v0", "importing 'broken_envs' for env id"),
+    ],
+)
+def test_env_ids_in_module_form_that_do_not_work(tmp_path, monkeypatch, module_source, env_id, message):
+    module = env_id.split(":")[0]
+    if module_source is not None:
+        (tmp_path / f"{module}.py").write_text(module_source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_curriculum(_curriculum_on(env_id))
+    assert "\n" not in str(caught.value)
+    if module == "broken_envs":
+        assert "RuntimeError: boom" in str(caught.value)
