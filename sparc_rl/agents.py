@@ -11,7 +11,14 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from sparc_rl.config import builtin_names, check_keys, check_settings, read_yaml_mapping, resolve_file
+from sparc_rl.config import (
+    builtin_names,
+    check_keys,
+    check_settings,
+    import_named_module,
+    read_yaml_mapping,
+    resolve_file,
+)
 from sparc_rl.errors import ConfigError, SparcError
 from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
 from sparc_rl.policies import MinigridCNN, SparcActorCriticPolicy
@@ -47,7 +54,8 @@ class AgentSpec:
     :param policy: a policy alias, or ``auto``: the CNN policy for image observations, else the MLP one
     :param policy_kwargs: passed to the policy (core, hidden size, slots, ...)
     :param algorithm_kwargs: passed to the algorithm (n_steps, batch_size, learning rate, ...)
-    :param plugins: continual plugins by name with kwargs (``ewc``, ``behaviour-cloning``)
+    :param plugins: continual plugins by name with kwargs (``ewc``, ``behaviour-cloning``,
+        ``novelty-boundaries``, or ``"module:ClassName"`` for your own)
     :param n_envs: parallel training envs
     :param consolidate: consolidate into memory at announced task ends
     """
@@ -115,7 +123,7 @@ class AgentSpec:
             # this package's checkpoints and speeds are CPU ones; SB3's "auto" would pick a GPU
             algorithm_kwargs.setdefault("device", "cpu")
         else:
-            plugins = [PLUGINS[name](**kwargs) for name, kwargs in self.plugins]
+            plugins = [plugin_class(name, f"Agent {self.name!r}")(**kwargs) for name, kwargs in self.plugins]
             detects = any(isinstance(plugin, NoveltyBoundaryDetector) for plugin in plugins)
             if hidden_boundaries and self.consolidate and policy_kwargs.get("core", "sparc") == "sparc" and not detects:
                 plugins.append(NoveltyBoundaryDetector())
@@ -146,6 +154,26 @@ def algorithm_class(algorithm: str) -> type[BaseAlgorithm]:
     from sparc_rl.ppo import SparcPPO
 
     return SparcPPO
+
+
+def plugin_class(name: str, where: str) -> type[ContinualPlugin]:
+    """A built-in plugin by name (:data:`PLUGINS`), or the user's own as ``"module:ClassName"`` (a
+    subclass of :class:`~sparc_rl.plugins.ContinualPlugin`; the module is imported)."""
+    module, _, class_name = name.rpartition(":")
+    if not module:
+        if name not in PLUGINS:
+            raise ConfigError(
+                f"{where}: unknown plugin {name!r}; choose from {sorted(PLUGINS)} or name your own "
+                "ContinualPlugin subclass as 'module:ClassName'."
+            )
+        return PLUGINS[name]
+    found = getattr(import_named_module(module, name, where), class_name, None)
+    if not (isinstance(found, type) and issubclass(found, ContinualPlugin)):
+        raise ConfigError(
+            f"{where}: plugin {name!r} must name a subclass of sparc_rl.plugins.ContinualPlugin in {module!r}, "
+            f"got {found!r}."
+        )
+    return found
 
 
 def _policy_base(algorithm: str) -> type[Any]:
@@ -185,12 +213,12 @@ def parse_agent(data: dict[str, Any], source: str = "<dict>") -> AgentSpec:
     plugins = []
     for entry in data.get("plugins") or []:
         name = entry if isinstance(entry, str) else entry.get("name") if isinstance(entry, dict) else None
-        if name not in PLUGINS:
-            raise ConfigError(f"{where}: unknown plugin {entry!r}; choose from {sorted(PLUGINS)}.")
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: a plugin must be a name or a mapping with a 'name', got {entry!r}.")
         kwargs = entry.get("kwargs", {}) if isinstance(entry, dict) else {}
         if not isinstance(kwargs, dict):
             raise ConfigError(f"{where}: plugin {name!r}: 'kwargs' must be a mapping, got {kwargs!r}.")
-        check_settings(kwargs, PLUGINS[name], set(), f"{where}: plugin {name!r}")
+        check_settings(kwargs, plugin_class(name, where), set(), f"{where}: plugin {name!r}")
         plugins.append((name, dict(kwargs)))
     if plugins and algorithm != "sparc-ppo":
         raise ConfigError(f"{where}: plugins need algorithm 'sparc-ppo'.")

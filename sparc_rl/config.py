@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import inspect
 import types
 import typing
@@ -62,6 +63,22 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
             f"{what} file {str(path)!r} must hold a mapping (key: value lines), got {type(data).__name__}."
         )
     return data
+
+
+def import_named_module(module: str, reference: str, where: str) -> types.ModuleType:
+    """Import the module a ``"module:name"`` reference in a data file names (an env id or a plugin
+    class), as one clear error when that fails: a user's module that raises is not our traceback."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        raise ConfigError(
+            f"{where}: cannot import {module!r} for {reference!r} ({error}); name a module importable from "
+            "the current folder or an installed one, as in 'my_package.envs:Name'."
+        ) from None
+    except Exception as error:
+        raise ConfigError(
+            f"{where}: importing {module!r} for {reference!r} failed: {type(error).__name__}: {error}"
+        ) from None
 
 
 def check_keys(data: dict[str, Any], allowed: set[str], required: set[str], where: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,14 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.wrappers import FlattenObservation
 
-from sparc_rl.config import builtin_names, check_keys, check_settings, read_yaml_mapping, resolve_file
+from sparc_rl.config import (
+    builtin_names,
+    check_keys,
+    check_settings,
+    import_named_module,
+    read_yaml_mapping,
+    resolve_file,
+)
 from sparc_rl.envs import WRAPPERS
 from sparc_rl.envs.minigrid_view import OneHotPartialObs, install_fast_view
 from sparc_rl.errors import ConfigError
@@ -177,17 +183,7 @@ def check_env_id(env_id: Any, where: str) -> str:
         raise ConfigError(f"{where}: the env id must be text, got {env_id!r}.")
     module, _, name = env_id.rpartition(":")
     if module:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            raise ConfigError(
-                f"{where}: cannot import {module!r} for env id {env_id!r} ({error}); name a module importable "
-                "from the current folder or an installed one, as in 'my_package.envs:MyEnv-v0'."
-            ) from None
-        except Exception as error:  # the user's module failed while importing: say where, not a traceback
-            raise ConfigError(
-                f"{where}: importing {module!r} for env id {env_id!r} failed: {type(error).__name__}: {error}"
-            ) from None
+        import_named_module(module, env_id, where)
     if name not in gym.registry:
         close = difflib.get_close_matches(name, list(gym.registry), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else " See gymnasium.pprint_registry() for the ids."

@@ -147,14 +147,22 @@ def test_an_agent_setting_the_policy_rejects_leaves_the_run_dir_reusable(tmp_pat
 
 
 def test_a_curriculum_on_the_users_own_env_trains_from_the_command(tmp_path):
-    """examples/beacon.yaml names its env as "examples.custom_env:MyProject/Beacon-v0": the installed
-    `sparc-rl` script (whose sys.path does not start with the current folder) must import it."""
+    """examples/beacon.yaml names its env as "examples.custom_env:MyProject/Beacon-v0" and
+    examples/lstm-l2.yaml its plugin as "examples.l2_anchor:L2Anchor": the command imports both."""
     repo = Path(__file__).resolve().parents[1]
     script = Path(sys.executable).parent / "sparc-rl"
     run_dir = tmp_path / "run"
-    args = ["train", "--curriculum", "examples/beacon.yaml", "--steps-per-task", "512", "--eval-episodes", "2"]
+    args = [
+        "train",
+        "--curriculum",
+        "examples/beacon.yaml",
+        "--agent",
+        "examples/lstm-l2.yaml",
+        "--steps-per-task",
+        "512",
+    ]
     proc = subprocess.run(
-        [str(script), *args, "--run-dir", str(run_dir), "--no-progress"],
+        [str(script), *args, "--eval-episodes", "2", "--run-dir", str(run_dir), "--no-progress"],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -163,6 +171,8 @@ def test_a_curriculum_on_the_users_own_env_trains_from_the_command(tmp_path):
     assert proc.returncode == 0, proc.stderr
     matrix = json.loads((run_dir / "metrics.json").read_text())["matrix"]
     assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["agent"]["plugins"] == [{"name": "examples.l2_anchor:L2Anchor", "kwargs": {"strength": 1.0}}]
 
 
 def test_env_modules_are_imported_from_the_current_folder(tmp_path):

@@ -189,9 +189,13 @@ def test_env_ids_in_module_form_import_the_module_that_registers_them(tmp_path, 
 @pytest.mark.parametrize(
     "module_source,env_id,message",
     [
-        (None, "no_such_envs_module:Pole-v0", "cannot import 'no_such_envs_module' for env id"),
+        (None, "no_such_envs_module:Pole-v0", "cannot import 'no_such_envs_module' for 'no_such_envs_module:Pole-v0'"),
         ("x = 1\n", "registers_nothing:MyPoles/Nothing-v0", "importing 'registers_nothing' did not register it"),
-        ("raise RuntimeError('boom')\n", "broken_envs:Pole-v0", "importing 'broken_envs' for env id"),
+        (
+            "raise RuntimeError('boom')\n",
+            "broken_envs:Pole-v0",
+            "importing 'broken_envs' for 'broken_envs:Pole-v0' failed",
+        ),
     ],
 )
 def test_env_ids_in_module_form_that_do_not_work(tmp_path, monkeypatch, module_source, env_id, message):
@@ -204,3 +208,31 @@ def test_env_ids_in_module_form_that_do_not_work(tmp_path, monkeypatch, module_s
     assert "\n" not in str(caught.value)
     if module == "broken_envs":
         assert "RuntimeError: boom" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "plugin,message",
+    [
+        ({"name": "my_plugins:Quiet", "kwargs": {"tga": 1}}, "plugin 'my_plugins:Quiet': unknown setting 'tga'"),
+        (
+            "my_plugins:NoSuchClass",
+            "must name a subclass of sparc_rl.plugins.ContinualPlugin in 'my_plugins', got None",
+        ),
+        ("my_plugins:NotAPlugin", "must name a subclass of sparc_rl.plugins.ContinualPlugin"),
+        ("missing_plugins_module:Quiet", "cannot import 'missing_plugins_module' for 'missing_plugins_module:Quiet'"),
+        ("ewcc", "unknown plugin 'ewcc'; choose from \\['behaviour-cloning', 'ewc', 'novelty-boundaries'\\] or"),
+    ],
+)
+def test_the_users_own_plugins_are_checked_when_the_file_is_read(tmp_path, monkeypatch, plugin, message):
+    (tmp_path / "my_plugins.py").write_text(
+        "from sparc_rl.plugins import ContinualPlugin\n"
+        "class Quiet(ContinualPlugin):\n"
+        "    def __init__(self, tag: int = 0) -> None:\n"
+        "        self.tag = tag\n"
+        "class NotAPlugin:\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=message):
+        parse_agent({"name": "a", "plugins": [plugin]}, "mine.yaml")
+    assert parse_agent({"name": "a", "plugins": ["my_plugins:Quiet"]}).plugins == (("my_plugins:Quiet", {}),)

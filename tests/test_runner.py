@@ -127,3 +127,33 @@ def test_curriculum_algorithm_settings_override_the_agents_in_runs_and_reference
     assert config["curriculum"]["algorithm_kwargs"] == {"n_epochs": 3}
     cached = [json.loads(p.read_text()) for p in (tmp_path / ".reference-cache").glob("*.json")]
     assert cached and all(entry["key"]["algorithm_kwargs"] == {"n_epochs": 3} for entry in cached)
+
+
+def test_an_agent_file_can_name_the_users_own_plugin(tmp_path, monkeypatch):
+    """A plugin given as "module:ClassName" is imported, its settings checked, and its hooks called
+    through the whole run, also after a resume from the saved run folder."""
+    (tmp_path / "task_log_plugin.py").write_text(
+        "from sparc_rl.plugins import ContinualPlugin\n"
+        "CALLS = []\n"
+        "class TaskLog(ContinualPlugin):\n"
+        "    def __init__(self, tag: str = 'x') -> None:\n"
+        "        self.tag = tag\n"
+        "    def on_task_start(self, model, task):\n"
+        "        CALLS.append((self.tag, 'start', task))\n"
+        "    def on_task_end(self, model, task):\n"
+        "        CALLS.append((self.tag, 'end', task))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import task_log_plugin
+
+    agent = tiny_agent(plugins=[{"name": "task_log_plugin:TaskLog", "kwargs": {"tag": "mine"}}])
+    result = ContinualRunner(tiny_curriculum(), agent, seed=0, run_dir=tmp_path / "run", progress=False).run()
+    assert task_log_plugin.CALLS == [
+        ("mine", "start", "short"),
+        ("mine", "end", "short"),
+        ("mine", "start", "reversed"),
+        ("mine", "end", "reversed"),
+    ]
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["agent"]["plugins"] == [{"name": "task_log_plugin:TaskLog", "kwargs": {"tag": "mine"}}]
+    assert ContinualRunner.resume(result.run_dir, progress=False).agent.plugins == agent.plugins
