@@ -74,7 +74,12 @@ def load_saved_model(path: Path, device: str = "cpu") -> BaseAlgorithm:
         return _saved_algorithm(path).load(path, device=device)
     except Exception as error:
         hint = ""
-        if "state_dict" in str(error):
+        if isinstance(error, ModuleNotFoundError):
+            hint = (
+                f" it was saved with your own code from module {error.name!r} (a plugin or an env),"
+                " which cannot be imported here: run from the folder that holds it, or install it."
+            )
+        elif "state_dict" in str(error):
             hint = (
                 " The saved network does not match this sparc-rl version's SPARC policy (saved by an"
                 " older version?): load it with the version that saved it, or train it again."

@@ -1,4 +1,5 @@
 import io
+import sys
 import zipfile
 
 import gymnasium as gym
@@ -166,3 +167,22 @@ def test_a_recurrent_ppo_checkpoint_is_evaluated_and_played_like_a_sparc_one(tmp
     argv = ["play", "--model", str(path), "--env", "SparcRL/DriftingCartPole-v0", "--episodes", "1"]
     assert main([*argv, "--env-kwargs", '{"max_steps": 40}']) == 0
     assert "mean return over 1 episodes" in capsys.readouterr().out
+
+
+def test_a_checkpoint_that_needs_a_module_missing_here_says_which(tmp_path, monkeypatch):
+    (tmp_path / "gone_plugins.py").write_text(
+        "from sparc_rl.plugins import ContinualPlugin\nclass Noop(ContinualPlugin): ...\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import gone_plugins
+
+    env = make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=2, seed=0)
+    model = SparcPPO("MlpSparcPolicy", env, n_steps=32, batch_size=64, plugins=[gone_plugins.Noop()])
+    path = tmp_path / "model.zip"
+    model.save(path)
+    monkeypatch.delitem(sys.modules, "gone_plugins")
+    (tmp_path / "gone_plugins.py").unlink()
+    with pytest.raises(
+        CheckpointError, match="saved with your own code from module 'gone_plugins'.*run from the folder"
+    ):
+        SparcAgent.load(path)
