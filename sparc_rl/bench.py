@@ -179,6 +179,15 @@ def run_bench(
         raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}.")
+    stems = [Path(agent).stem for agent in agents]
+    for stem in dict.fromkeys(stems):
+        named = [agent for agent in agents if Path(agent).stem == stem]
+        if len(named) > 1 or stem == "reference":
+            raise ConfigError(
+                f"--agents: {', '.join(named)} would share the run folders '{stem}-seed<N>'"
+                + (" with the references" if stem == "reference" else "")
+                + ": give each agent once, and agent files distinct names."
+            )
     loaded = load_curriculum(curriculum)
     reference_agent = reference_agent or agents[0]
     for agent in [*agents, reference_agent]:

@@ -158,31 +158,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("eval", help="score a saved model on every task of a curriculum")
-    evaluate.add_argument("--model", required=True)
-    evaluate.add_argument("--curriculum", default="cartpole-drift")
-    evaluate.add_argument("--episodes", type=int, default=None)
-    evaluate.add_argument("--seed", type=int, default=12345)
+    evaluate.add_argument("--model", required=True, help="a checkpoint zip, e.g. RUN_DIR/checkpoints/task-0-<name>.zip")
+    evaluate.add_argument(
+        "--curriculum", default="cartpole-drift", help="built-in name or YAML path (default %(default)s)"
+    )
+    evaluate.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the curriculum's)")
+    evaluate.add_argument("--seed", type=int, default=12345, help="fixes the evaluation episodes")
     evaluate.set_defaults(func=_eval)
 
     play = sub.add_parser("play", help="run a saved policy in a registered env, optionally recording it")
-    play.add_argument("--model", required=True)
+    play.add_argument("--model", required=True, help="a checkpoint zip, e.g. RUN_DIR/checkpoints/task-0-<name>.zip")
     play.add_argument(
         "--env", required=True, help='registered Gymnasium id, or "module:EnvId" to import the module that registers it'
     )
     play.add_argument("--env-kwargs", default=None, help='JSON object, e.g. \'{"season": "winter"}\'')
     play.add_argument("--wrappers", default=None, help="comma-separated wrapper names, as in curriculum files")
-    play.add_argument("--episodes", type=int, default=3)
+    play.add_argument("--episodes", type=int, default=3, help="default %(default)s")
     play.add_argument("--record", default=None, help="write an animation (.gif or .mp4)")
-    play.add_argument("--seed", type=int, default=0)
+    play.add_argument("--seed", type=int, default=0, help="fixes the episodes")
     play.add_argument("--stochastic", action="store_true", help="sample actions instead of the most likely")
     play.set_defaults(func=_play)
 
     bench = sub.add_parser("bench", help="compare agents x seeds on one curriculum")
-    bench.add_argument("--curriculum", default="garden-seasons")
-    bench.add_argument("--agents", default="sparc,sparc-no-memory,sparc-no-gate,lstm,gru,lstm-ewc,lstm-clone")
+    bench.add_argument(
+        "--curriculum", default="garden-seasons", help="built-in name or YAML path (default %(default)s)"
+    )
+    bench.add_argument(
+        "--agents",
+        default="sparc,sparc-no-memory,sparc-no-gate,lstm,gru,lstm-ewc,lstm-clone,recurrent-ppo",
+        help="comma-separated presets or agent YAML paths (default: all eight presets)",
+    )
     bench.add_argument("--seeds", type=int, default=3, help="runs per agent, seeds 0 to N-1")
-    bench.add_argument("--steps-per-task", type=int, default=None)
-    bench.add_argument("--eval-episodes", type=int, default=None)
+    bench.add_argument("--steps-per-task", type=int, default=None, help="override every task's budget")
+    bench.add_argument(
+        "--eval-episodes", type=int, default=None, help="episodes per task per evaluation (default: the curriculum's)"
+    )
     bench.add_argument("--jobs", type=int, default=None, help="parallel processes (default: one per core)")
     bench.add_argument(
         "--out",

@@ -54,6 +54,11 @@ def test_list_shows_curricula_agents_and_envs(capsys):
             "--jobs must be at least 1, got 0",
         ),
         (["bench", "--agents", ","], "--agents names no agent"),
+        (
+            ["bench", *TINY_BENCH, "--agents", "lstm,gru,lstm"],
+            "--agents: lstm, lstm would share the run folders 'lstm-seed<N>': give each agent once",
+        ),
+        (["bench", *TINY_BENCH, "--agents", "gru,reference.yaml"], "'reference-seed<N>' with the references"),
         (["eval", "--model", "missing.zip", "--episodes", "0"], "--episodes must be positive, got 0"),
         (["play", "--model", "missing.zip", "--env", "CartPole-v1", "--seed", "-2"], "--seed must not be negative"),
         (
