@@ -21,6 +21,7 @@ from sparc_rl.agents import parse_agent
 from sparc_rl.cli import main
 from sparc_rl.curriculum import parse_curriculum
 from sparc_rl.errors import CheckpointError
+from sparc_rl.io import atomic_write_text
 from sparc_rl.runner import ContinualRunner, RunResult
 from sparc_rl.snapshot import load_snapshot, save_snapshot
 from tests.conftest import tiny_agent_data, tiny_curriculum_dict
@@ -345,3 +346,15 @@ def test_ctrl_c_writes_a_final_checkpoint_and_a_partial_report(tmp_path):
     # and the run can be resumed to the end
     assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
     assert json.loads((run_dir / "metrics.json").read_text())["partial"] is False
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_files_written_through_a_temporary_file_get_the_usual_permissions(tmp_path, umask, mode):
+    """Not mkstemp's owner-only 0o600 whatever the umask: a teammate or a shared TensorBoard may read runs."""
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.md", "text")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
