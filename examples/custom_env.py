@@ -33,6 +33,8 @@ class BeaconEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
 
     def __init__(self, beacon: str = "right", length: int = 8, render_mode: str | None = None) -> None:
+        if beacon not in ("right", "left"):
+            raise ValueError(f"beacon must be 'right' or 'left', got {beacon!r}")
         self.beacon, self.length, self.render_mode = beacon, length, render_mode
         self.observation_space = spaces.Box(0.0, 1.0, (2,), np.float32)
         self.action_space = spaces.Discrete(3)

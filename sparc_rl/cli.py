@@ -58,7 +58,12 @@ def _eval(args: argparse.Namespace) -> int:
 def _play(args: argparse.Namespace) -> int:
     from sparc_rl.play import play
 
-    env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    try:
+        env_kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    except json.JSONDecodeError as error:
+        raise SparcError(
+            f'--env-kwargs is not valid JSON ({error}): write a JSON object, e.g. \'{{"season": "winter"}}\'.'
+        ) from None
     if not isinstance(env_kwargs, dict):
         raise SparcError(f"--env-kwargs must be a JSON object, got {args.env_kwargs!r}.")
     wrappers = [w for w in (args.wrappers or "").split(",") if w]
@@ -222,9 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except SparcError as error:
         print(f"sparc-rl: error: {error}", file=sys.stderr)
-        return 2
-    except json.JSONDecodeError as error:
-        print(f"sparc-rl: error: invalid JSON: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sparc-rl: interrupted", file=sys.stderr)

@@ -19,7 +19,7 @@ def make_play_env(env_id: str, env_kwargs: dict[str, Any], wrappers: list[str], 
         raise ConfigError(f"Unknown wrapper(s) {unknown}; choose from {sorted(NAMED_WRAPPERS)}.")
     try:
         env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
-    except TypeError as error:
+    except Exception as error:  # a bad kwarg name or value: the env's own reason, not a traceback
         raise ConfigError(f"Cannot make {env_id!r} with kwargs {env_kwargs}: {error}") from None
     for name in wrappers:
         env = NAMED_WRAPPERS[name](env)

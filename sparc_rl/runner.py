@@ -24,6 +24,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -506,7 +507,13 @@ class ContinualRunner:
         key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
         cached = self.run_dir.parent / ".reference-cache" / f"{key}.json"
         if cached.is_file():
-            return float(json.loads(cached.read_text())["auc"])
+            try:
+                return float(json.loads(cached.read_text())["auc"])
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                # a cache entry holds nothing that cannot be trained again
+                warnings.warn(
+                    f"Reference cache {str(cached)!r} is unreadable ({error}); training it again.", stacklevel=2
+                )
         curve = self._train_reference(task, index)
         auc = float(np.mean([score for _, score in curve]))
         atomic_write_json(cached, {"task": task.name, "auc": auc, "curve": curve, "key": key_data})

@@ -60,6 +60,14 @@ def test_list_shows_curricula_agents_and_envs(capsys):
         ),
         (["bench", *TINY_BENCH, "--agents", "gru,reference.yaml"], "'reference-seed<N>' with the references"),
         (["eval", "--model", "missing.zip", "--episodes", "0"], "--episodes must be positive, got 0"),
+        (
+            ["play", "--model", "missing.zip", "--env", "CartPole-v1", "--env-kwargs", "{season: winter}"],
+            "--env-kwargs is not valid JSON (Expecting property name",
+        ),
+        (
+            ["play", "--model", "missing.zip", "--env", "SparcRL/Garden-v0", "--env-kwargs", '{"season": "monsoon"}'],
+            "Cannot make 'SparcRL/Garden-v0' with kwargs {'season': 'monsoon'}: Unknown season 'monsoon'",
+        ),
         (["play", "--model", "missing.zip", "--env", "CartPole-v1", "--seed", "-2"], "--seed must not be negative"),
         (
             ["play", "--model", "missing.zip", "--env", "CartPole-v1", "--record", "no/such/folder/run.gif"],

@@ -100,6 +100,11 @@ def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path, monkeypat
     second = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "b", reference=True, progress=False).run()
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # read from the cache, not trained again
     assert second.metrics["reference_auc"] == first.metrics["reference_auc"]
+    cached[0].write_text('{"auc": ')  # damaged (a disk full, a hand edit): trained again, with a warning
+    with pytest.warns(UserWarning, match="Reference cache .* is unreadable"):
+        third = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "c", reference=True, progress=False).run()
+    assert third.metrics["reference_auc"] == first.metrics["reference_auc"]
+    assert json.loads(cached[0].read_text())["auc"] in first.metrics["reference_auc"]
 
 
 @pytest.mark.parametrize("plugin", ["ewc", "behaviour-cloning"])
