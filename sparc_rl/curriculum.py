@@ -22,7 +22,7 @@ from sparc_rl.config import (
 from sparc_rl.envs import WRAPPERS
 from sparc_rl.envs.minigrid_view import OneHotPartialObs, install_fast_view
 from sparc_rl.errors import ConfigError
-from sparc_rl.inference import describe_space
+from sparc_rl.space_checks import check_flat_observations, describe_space
 
 BOUNDARY_MODES = ("announced", "hidden")
 CURRICULUM_KEYS = {"name", "description", "boundary", "eval_episodes", "eval_every", "algorithm_kwargs", "tasks"}
@@ -264,6 +264,10 @@ def check_task_spaces(curriculum: Curriculum) -> None:
         obs_space, act_space = env.observation_space, env.action_space
         env.close()
         if first is None:
+            try:
+                check_flat_observations(obs_space)
+            except ConfigError as error:
+                raise ConfigError(f"Curriculum {curriculum.name!r}, task {task.name!r}: {error}") from None
             first = (task.name, obs_space, act_space)
             continue
         name, first_obs, first_act = first

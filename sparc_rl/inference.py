@@ -18,15 +18,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sparc_rl.errors import CheckpointError, SpaceMismatchError
 from sparc_rl.io import check_checkpoint_file
 from sparc_rl.ppo import SparcPPO
-
-
-def describe_space(space: spaces.Space) -> str:
-    """A one-line description (a Box's full bounds can run over many lines)."""
-    if isinstance(space, spaces.Box):
-        return f"Box(shape={space.shape}, dtype={space.dtype})"
-    if isinstance(space, spaces.Dict):
-        return "Dict(" + ", ".join(f"{key}: {describe_space(sub)}" for key, sub in space.spaces.items()) + ")"
-    return str(space)
+from sparc_rl.space_checks import describe_space
 
 
 def _space_hint(env_space: spaces.Space, model_space: spaces.Space) -> str:

@@ -23,6 +23,7 @@ from sparc_rl.buffers import RecurrentRolloutBuffer
 from sparc_rl.errors import ConfigError
 from sparc_rl.plugins import ContinualPlugin
 from sparc_rl.policies import CnnSparcPolicy, MlpSparcPolicy, SparcActorCriticPolicy
+from sparc_rl.space_checks import check_flat_observations
 
 SelfSparcPPO = TypeVar("SelfSparcPPO", bound="SparcPPO")
 
@@ -165,6 +166,7 @@ class SparcPPO(PPO):
         return isinstance(self.action_space, spaces.Discrete)
 
     def _setup_model(self) -> None:
+        check_flat_observations(self.observation_space)
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         try:

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import AgentSpec, load_agent
-from sparc_rl.curriculum import Curriculum, TaskSpec, load_curriculum
+from sparc_rl.curriculum import Curriculum, TaskSpec, check_task_spaces, load_curriculum
 from sparc_rl.errors import CheckpointError, ConfigError, TrainingDivergedError
 from sparc_rl.evaluation import evaluate_curriculum, evaluate_task
 from sparc_rl.inference import check_spaces, load_saved_model
@@ -197,7 +197,11 @@ class ContinualRunner:
         progress: bool = True,
         command: str | None = None,
     ) -> None:
-        self.curriculum = curriculum if isinstance(curriculum, Curriculum) else load_curriculum(curriculum)
+        if isinstance(curriculum, Curriculum):
+            check_task_spaces(curriculum)  # as load_curriculum does for a name or file
+            self.curriculum = curriculum
+        else:
+            self.curriculum = load_curriculum(curriculum)
         if steps_per_task is not None:
             self.curriculum = self.curriculum.with_steps_per_task(steps_per_task)
         self.agent = agent if isinstance(agent, AgentSpec) else load_agent(agent)

@@ -236,3 +236,14 @@ def test_the_users_own_plugins_are_checked_when_the_file_is_read(tmp_path, monke
     with pytest.raises(ConfigError, match=message):
         parse_agent({"name": "a", "plugins": [plugin]}, "mine.yaml")
     assert parse_agent({"name": "a", "plugins": ["my_plugins:Quiet"]}).plugins == (("my_plugins:Quiet", {}),)
+
+
+def test_a_curriculum_of_dict_observations_stops_before_anything_is_written(tmp_path):
+    from sparc_rl.runner import ContinualRunner
+
+    data = _curriculum_on("MiniGrid-Empty-5x5-v0")  # MiniGrid's own dict observation, no wrappers
+    with pytest.raises(
+        ConfigError, match="task 'short': .* got Dict\\(.*for MiniGrid, add the wrappers minigrid-one-hot"
+    ):
+        ContinualRunner(parse_curriculum(data), "sparc", run_dir=tmp_path / "run", progress=False).run()
+    assert not (tmp_path / "run").exists()
