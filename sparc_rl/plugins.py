@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch as th
+from gymnasium import spaces
 from torch.nn import functional as F
+
+from sparc_rl.errors import ConfigError
+from sparc_rl.space_checks import describe_space
 
 if TYPE_CHECKING:
     from sparc_rl.buffers import SequenceBatch
@@ -68,7 +72,7 @@ class OnlineEWC(ContinualPlugin):
         grads = {n: th.zeros_like(p) for n, p in policy.named_parameters() if p.requires_grad}
         batches = 0
         for batch in model.rollout_buffer.get_sequences(model.batch_size, model.seq_len):
-            actions = batch.actions.long().flatten() if model.discrete_actions else batch.actions
+            actions = model.policy_actions(batch.actions)
             _, log_prob, _ = policy.evaluate_sequences(batch.observations, actions, batch.states, batch.episode_starts)
             policy.zero_grad()
             log_prob.mean().backward()
@@ -113,7 +117,19 @@ class BehaviourCloning(ContinualPlugin):
         # time-major (seq_len, chunks, ...) observations, starts and teacher logits; states (chunks, S)
         self.memory: tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor] | None = None
 
+    def on_task_start(self, model: SparcPPO, task: str) -> None:
+        self._check_actions(model)
+
+    @staticmethod
+    def _check_actions(model: SparcPPO) -> None:
+        if not isinstance(model.action_space, spaces.Discrete):
+            raise ConfigError(
+                "The behaviour-cloning plugin distils categorical action distributions: it needs a Discrete "
+                f"action space, got {describe_space(model.action_space)}."
+            )
+
     def on_task_end(self, model: SparcPPO, task: str) -> None:
+        self._check_actions(model)
         policy = model.policy
         seq_len = model.seq_len
         batch = next(model.rollout_buffer.get_sequences(self.chunks_per_task * seq_len, seq_len))

@@ -165,6 +165,15 @@ class SparcPPO(PPO):
     def discrete_actions(self) -> bool:
         return isinstance(self.action_space, spaces.Discrete)
 
+    def policy_actions(self, actions: th.Tensor) -> th.Tensor:
+        """Stored actions as the policy's distribution reads them: indices for ``Discrete``, floats for
+        ``MultiBinary`` (a Bernoulli's log-probability needs them; the buffer keeps the space's int8)."""
+        if self.discrete_actions:
+            return actions.long().flatten()
+        if isinstance(self.action_space, spaces.MultiBinary):
+            return actions.float()
+        return actions
+
     def _setup_model(self) -> None:
         check_flat_observations(self.observation_space)
         self._setup_lr_schedule()
@@ -291,7 +300,7 @@ class SparcPPO(PPO):
         for _ in range(self.n_epochs):
             approx_kl_divs = []
             for batch in self.rollout_buffer.get_sequences(self.batch_size, self.seq_len):
-                actions = batch.actions.long().flatten() if self.discrete_actions else batch.actions
+                actions = self.policy_actions(batch.actions)
                 readouts = (
                     actor_readout.select(batch.chunks) if actor_readout is not None else None,
                     critic_readout.select(batch.chunks) if critic_readout is not None else None,

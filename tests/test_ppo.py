@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -569,3 +570,56 @@ def test_dict_observations_are_a_clear_error_naming_the_wrapper_that_flattens_th
         SparcPPO("MlpSparcPolicy", make_vec_env(_DictObservationEnv.make, n_envs=2), **SMALL)
     flat = make_vec_env(lambda: gym.wrappers.FlattenObservation(_DictObservationEnv.make()), n_envs=2, seed=0)
     SparcPPO("MlpSparcPolicy", flat, seed=0, policy_kwargs=dict(hidden_size=8), **SMALL).learn(64)
+
+
+class _ActionSpaceEnv:
+    """A small env for each action space SB3's PPO supports."""
+
+    SPACES = {
+        "multi-discrete": lambda: spaces.MultiDiscrete([3, 2]),
+        "multi-binary": lambda: spaces.MultiBinary(3),
+        "box": lambda: spaces.Box(-1, 1, (2,), np.float32),
+    }
+
+    @staticmethod
+    def make(kind):
+        import gymnasium as gym
+
+        class Env(gym.Env):
+            observation_space = spaces.Box(-1, 1, (3,), np.float32)
+            action_space = _ActionSpaceEnv.SPACES[kind]()
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.t = 0
+                return np.zeros(3, np.float32), {}
+
+            def step(self, action):
+                self.t += 1
+                return np.full(3, self.t / 10, np.float32), float(np.sum(action)), self.t >= 10, False, {}
+
+        return Env()
+
+
+@pytest.mark.parametrize("kind", sorted(_ActionSpaceEnv.SPACES))
+def test_every_action_space_of_sb3s_ppo_trains_through_tasks_with_a_plugin(kind):
+    from sparc_rl.plugins import OnlineEWC
+
+    env = make_vec_env(lambda: _ActionSpaceEnv.make(kind), n_envs=2, seed=0)
+    model = SparcPPO("MlpSparcPolicy", env, seed=0, plugins=[OnlineEWC()], policy_kwargs=dict(hidden_size=8), **SMALL)
+    for task in ("a", "b"):
+        model.start_task(task)
+        model.learn(64, reset_num_timesteps=False)
+        model.end_task()  # EWC reads the stored actions' log-probabilities here
+    actions, _ = model.predict(env.reset())
+    assert actions.shape == (2, *env.action_space.shape)
+    assert model.logger.name_to_value["train/auxiliary_loss"] > 0  # EWC's penalty joined the second task
+
+
+def test_behaviour_cloning_refuses_actions_it_cannot_distil():
+    from sparc_rl.plugins import BehaviourCloning
+
+    env = make_vec_env(lambda: _ActionSpaceEnv.make("box"), n_envs=2, seed=0)
+    model = SparcPPO("MlpSparcPolicy", env, plugins=[BehaviourCloning()], policy_kwargs=dict(hidden_size=8), **SMALL)
+    with pytest.raises(ConfigError, match="behaviour-cloning plugin .* needs a Discrete action space, got Box"):
+        model.start_task("a")
