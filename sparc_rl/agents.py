@@ -21,7 +21,7 @@ from sparc_rl.config import (
 )
 from sparc_rl.errors import ConfigError, SparcError
 from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
-from sparc_rl.policies import MinigridCNN, SparcActorCriticPolicy
+from sparc_rl.policies import MinigridCNN, SparcActorCriticPolicy, is_pixel_image
 
 ALGORITHMS = ("sparc-ppo", "recurrent-ppo")
 #: the algorithms' arguments that the agent's other fields or the runner give, not ``algorithm_kwargs``
@@ -96,8 +96,9 @@ class AgentSpec:
             from sparc_rl.lstm_policies import CnnLstmPolicy, MlpLstmPolicy
 
             if is_image:
-                kwargs.setdefault("features_extractor_class", MinigridCNN)
-                kwargs.setdefault("normalize_images", False)
+                if not is_pixel_image(observation_space):  # sb3-contrib's defaults suit pixels, not grids
+                    kwargs.setdefault("features_extractor_class", MinigridCNN)
+                    kwargs.setdefault("normalize_images", False)
                 return CnnLstmPolicy, kwargs
             return MlpLstmPolicy, kwargs
         if self.policy != "auto":

@@ -8,12 +8,26 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor
+from stable_baselines3.common.preprocessing import is_image_space_channels_first
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from sparc_rl.cores import MemoryReadout, RecurrentCore, SparcCore, make_core, unroll_together
 from sparc_rl.errors import ConfigError
+
+#: the smallest image side SB3's NatureCNN takes (8x8 stride 4, 4x4 stride 2, 3x3 stride 1)
+NATURE_CNN_MIN_SIDE = 36
+
+
+def is_pixel_image(observation_space: spaces.Space) -> bool:
+    """Whether an image ``Box`` holds camera-like pixels (both sides at least :data:`NATURE_CNN_MIN_SIDE`)
+    rather than a small grid of category indices such as MiniGrid's 7x7 views."""
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
+        return False
+    shape = observation_space.shape
+    height, width = shape[1:] if is_image_space_channels_first(observation_space) else shape[:2]
+    return min(height, width) >= NATURE_CNN_MIN_SIDE
 
 
 class MinigridCNN(BaseFeaturesExtractor):
@@ -393,9 +407,12 @@ class MlpSparcPolicy(SparcActorCriticPolicy):
 
 
 class CnnSparcPolicy(SparcActorCriticPolicy):
-    """SPARC policy on small image grids such as MiniGrid's 7x7x3 views (see :class:`MinigridCNN`).
+    """SPARC policy on images. Small grids such as MiniGrid's 7x7x3 views get :class:`MinigridCNN`,
+    not divided by 255 (their cells hold small category indices); camera-like pixels (both sides at
+    least 36) get SB3's ``NatureCNN`` on images divided by 255, as SB3's ``CnnPolicy`` does.
 
-    Images are not divided by 255 by default: MiniGrid cells hold small category indices.
+    :param features_extractor_class: ``None`` chooses by image size as above
+    :param normalize_images: ``None`` chooses by image size as above
     """
 
     def __init__(
@@ -403,10 +420,15 @@ class CnnSparcPolicy(SparcActorCriticPolicy):
         observation_space: spaces.Space,
         action_space: spaces.Space,
         lr_schedule: Schedule,
-        features_extractor_class: type[BaseFeaturesExtractor] = MinigridCNN,
-        normalize_images: bool = False,
+        features_extractor_class: type[BaseFeaturesExtractor] | None = None,
+        normalize_images: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        pixels = is_pixel_image(observation_space)
+        if features_extractor_class is None:
+            features_extractor_class = NatureCNN if pixels else MinigridCNN
+        if normalize_images is None:
+            normalize_images = pixels
         super().__init__(
             observation_space,
             action_space,

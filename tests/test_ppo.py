@@ -1,3 +1,4 @@
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -7,6 +8,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sparc_rl import SparcPPO
+from sparc_rl.envs import MinigridImageTask
 from sparc_rl.errors import ConfigError
 
 SMALL = dict(n_steps=32, batch_size=64, n_epochs=2, seq_len=16)
@@ -141,10 +143,6 @@ def test_bad_policy_kwargs_and_settings_give_clear_errors():
 
 
 def test_cnn_policy_runs_on_minigrid_images():
-    import gymnasium as gym
-
-    from sparc_rl.envs import MinigridImageTask
-
     env = make_vec_env(lambda: MinigridImageTask(gym.make("MiniGrid-DoorKey-5x5-v0")), n_envs=2, seed=0)
     model = SparcPPO("CnnSparcPolicy", env, seed=0, policy_kwargs=dict(hidden_size=16), **SMALL)
     model.learn(64)
@@ -208,9 +206,6 @@ class _ShiftedObservations:
         self.centre = centre
 
     def __call__(self):
-        import gymnasium as gym
-        from gymnasium import spaces
-
         centre = self.centre
 
         class Shifted(gym.Env):
@@ -541,9 +536,6 @@ class _DictObservationEnv:
 
     @staticmethod
     def make():
-        import gymnasium as gym
-        from gymnasium import spaces
-
         class DictEnv(gym.Env):
             observation_space = spaces.Dict({"pos": spaces.Box(0, 1, (2,), np.float32), "flag": spaces.Discrete(2)})
             action_space = spaces.Discrete(3)
@@ -562,8 +554,6 @@ class _DictObservationEnv:
 
 
 def test_dict_observations_are_a_clear_error_naming_the_wrapper_that_flattens_them():
-    import gymnasium as gym
-
     with pytest.raises(
         ConfigError, match="got Dict\\(flag: Discrete\\(2\\), pos: Box\\(shape=\\(2,\\), dtype=float32\\)\\): wrap"
     ):
@@ -583,8 +573,6 @@ class _ActionSpaceEnv:
 
     @staticmethod
     def make(kind):
-        import gymnasium as gym
-
         class Env(gym.Env):
             observation_space = spaces.Box(-1, 1, (3,), np.float32)
             action_space = _ActionSpaceEnv.SPACES[kind]()
@@ -623,3 +611,43 @@ def test_behaviour_cloning_refuses_actions_it_cannot_distil():
     model = SparcPPO("MlpSparcPolicy", env, plugins=[BehaviourCloning()], policy_kwargs=dict(hidden_size=8), **SMALL)
     with pytest.raises(ConfigError, match="behaviour-cloning plugin .* needs a Discrete action space, got Box"):
         model.start_task("a")
+
+
+def _pixel_env():
+    class Pixels(gym.Env):
+        """64x64 camera-like frames (channels last, as most envs give them)."""
+
+        observation_space = spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        action_space = spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return self.observation_space.sample(), {}
+
+        def step(self, action):
+            self.t += 1
+            return self.observation_space.sample(), float(action), self.t >= 8, False, {}
+
+    return Pixels()
+
+
+def test_cnn_policy_picks_sb3s_nature_cnn_on_pixels_and_the_small_cnn_on_grids(tmp_path):
+    from stable_baselines3.common.torch_layers import NatureCNN
+
+    from sparc_rl.agents import load_agent
+    from sparc_rl.policies import MinigridCNN
+
+    env = make_vec_env(_pixel_env, n_envs=2, seed=0)
+    model = SparcPPO("CnnSparcPolicy", env, seed=0, policy_kwargs=dict(hidden_size=8), **SMALL)
+    assert isinstance(model.policy.features_extractor, NatureCNN) and model.policy.normalize_images
+    model.learn(64)
+    model.save(tmp_path / "pixels")
+    loaded = SparcPPO.load(tmp_path / "pixels")
+    assert isinstance(loaded.policy.features_extractor, NatureCNN) and loaded.policy.normalize_images
+
+    lstm = load_agent("recurrent-ppo").build(env, seed=0)
+    assert isinstance(lstm.policy.features_extractor, NatureCNN) and lstm.policy.normalize_images
+    grid = make_vec_env(lambda: MinigridImageTask(gym.make("MiniGrid-DoorKey-5x5-v0")), n_envs=2, seed=0)
+    for model in (SparcPPO("CnnSparcPolicy", grid, **SMALL), load_agent("recurrent-ppo").build(grid, seed=0)):
+        assert isinstance(model.policy.features_extractor, MinigridCNN) and not model.policy.normalize_images
