@@ -20,7 +20,11 @@ class ContinualPlugin:
     """Base class: override the hooks a method needs.
 
     ``on_task_start`` / ``on_task_end`` are called by :meth:`SparcPPO.start_task` /
-    :meth:`SparcPPO.end_task`; ``auxiliary_loss`` is added to the PPO loss of every minibatch.
+    :meth:`SparcPPO.end_task`; ``on_rollout_end`` after each rollout, before training on it;
+    ``auxiliary_loss`` is added to the PPO loss of every minibatch. Pass instances as
+    ``SparcPPO(..., plugins=[...])``, or name the class in an agent file as ``"module:ClassName"``
+    with its ``__init__`` arguments as ``kwargs``. A plugin is saved with the model (pickled), so its
+    state (anchors, stored samples) survives checkpoints and resumed runs.
     """
 
     def on_task_start(self, model: SparcPPO, task: str) -> None:

@@ -651,3 +651,25 @@ def test_cnn_policy_picks_sb3s_nature_cnn_on_pixels_and_the_small_cnn_on_grids(t
     grid = make_vec_env(lambda: MinigridImageTask(gym.make("MiniGrid-DoorKey-5x5-v0")), n_envs=2, seed=0)
     for model in (SparcPPO("CnnSparcPolicy", grid, **SMALL), load_agent("recurrent-ppo").build(grid, seed=0)):
         assert isinstance(model.policy.features_extractor, MinigridCNN) and not model.policy.normalize_images
+
+
+def test_plugin_state_is_saved_with_the_model(tmp_path):
+    from sparc_rl.plugins import BehaviourCloning, OnlineEWC
+
+    plugins = [OnlineEWC(), BehaviourCloning(chunks_per_task=2)]
+    model = SparcPPO(
+        "MlpSparcPolicy",
+        masked_cartpole(),
+        seed=0,
+        plugins=plugins,
+        policy_kwargs=dict(core="lstm", hidden_size=8),
+        **SMALL,
+    )
+    model.start_task("a")
+    model.learn(64)
+    model.end_task()
+    model.save(tmp_path / "model")
+    ewc, cloning = SparcPPO.load(tmp_path / "model").plugins
+    assert ewc.fisher is not None and ewc.fisher.keys() == plugins[0].fisher.keys()
+    assert all(th.equal(ewc.fisher[name], plugins[0].fisher[name]) for name in ewc.fisher)
+    assert all(th.equal(a, b) for a, b in zip(cloning.memory, plugins[1].memory, strict=True))
