@@ -220,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # as under `python -m`: env ids in "module:EnvId" form may name a module in the current folder
+    # env ids and plugins in "module:Name" form may name a module in the current folder; appended, not
+    # first as under `python -m`, so that a stray file there cannot shadow an installed package
     if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     try:
         return int(args.func(args))
     except SparcError as error:

@@ -189,7 +189,7 @@ def test_a_curriculum_on_the_users_own_env_trains_from_the_command(tmp_path):
 
 
 def test_env_modules_are_imported_from_the_current_folder(tmp_path):
-    """As under `python -m`, a "module:EnvId" curriculum may name a module in the folder the command
+    """A "module:EnvId" curriculum may name a module in the folder the command
     runs in (the installed script's sys.path does not hold it)."""
     (tmp_path / "pole_envs_here.py").write_text(
         "import gymnasium as gym\n"
