@@ -1,4 +1,5 @@
 import csv
+import multiprocessing
 import re
 
 import yaml
@@ -166,3 +167,32 @@ def test_slow_agents_start_first_so_no_core_idles_at_the_end():
 
     agents = ["sparc", "lstm", "lstm-clone", "recurrent-ppo"]
     assert sorted(agents, key=_start_early, reverse=True) == ["recurrent-ppo", "lstm-clone", "sparc", "lstm"]
+
+
+def test_spawned_workers_import_the_users_env_and_plugin_modules(tmp_path, monkeypatch):
+    """Where CUDA is present the bench's workers are spawned, not forked: fresh interpreters that must
+    import the user's "module:Name" env and plugin again from the folder the command ran in."""
+    import torch as th
+
+    (tmp_path / "here_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('HereEnvs/Pole-v0', entry_point='sparc_rl.envs.cartpole:DriftingCartPoleEnv')\n"
+    )
+    (tmp_path / "here_plugins.py").write_text(
+        "from sparc_rl.plugins import ContinualPlugin\nclass Quiet(ContinualPlugin): ...\n"
+    )
+    curriculum = tiny_curriculum_dict()
+    for task in curriculum["tasks"]:
+        task["env"] = "here_envs:HereEnvs/Pole-v0"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
+    agent = tiny_agent_data("lstm", consolidate=False, plugins=["here_plugins:Quiet"])
+    (tmp_path / "tiny-lstm.yaml").write_text(yaml.safe_dump(agent))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(th.cuda, "is_available", lambda: True)  # the bench spawns its workers then
+    methods = []
+    get_context = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method: methods.append(method) or get_context(method))
+    args = ["bench", "--curriculum", "c.yaml", "--agents", "tiny-lstm.yaml", "--seeds", "2", "--jobs", "2"]
+    assert main([*args, "--no-reference", "--no-progress", "--out", "b"]) == 0
+    assert methods == ["spawn"]
+    assert "| tiny-lstm | 2 |" in (tmp_path / "b" / "results.md").read_text()
