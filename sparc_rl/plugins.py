@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 class ContinualPlugin:
     """Base class: override the hooks a method needs.
 
+    ``on_setup`` once the model is built or loaded (to refuse a model the method cannot work with);
     ``on_task_start`` / ``on_task_end`` are called by :meth:`SparcPPO.start_task` /
     :meth:`SparcPPO.end_task`; ``on_rollout_end`` after each rollout, before training on it;
     ``auxiliary_loss`` is added to the PPO loss of every minibatch. Pass instances as
@@ -26,6 +27,10 @@ class ContinualPlugin:
     with its ``__init__`` arguments as ``kwargs``. A plugin is saved with the model (pickled), so its
     state (anchors, stored samples) survives checkpoints and resumed runs.
     """
+
+    def on_setup(self, model: SparcPPO) -> None:
+        """The model is built (or loaded): raise a :class:`~sparc_rl.errors.ConfigError` here if the
+        method cannot work with it (its spaces, its core), before anything trains or is written."""
 
     def on_task_start(self, model: SparcPPO, task: str) -> None:
         """A new task begins."""
@@ -121,11 +126,7 @@ class BehaviourCloning(ContinualPlugin):
         # time-major (seq_len, chunks, ...) observations, starts and teacher logits; states (chunks, S)
         self.memory: tuple[th.Tensor, th.Tensor, th.Tensor, th.Tensor] | None = None
 
-    def on_task_start(self, model: SparcPPO, task: str) -> None:
-        self._check_actions(model)
-
-    @staticmethod
-    def _check_actions(model: SparcPPO) -> None:
+    def on_setup(self, model: SparcPPO) -> None:
         if not isinstance(model.action_space, spaces.Discrete):
             raise ConfigError(
                 "The behaviour-cloning plugin distils categorical action distributions: it needs a Discrete "
@@ -133,7 +134,6 @@ class BehaviourCloning(ContinualPlugin):
             )
 
     def on_task_end(self, model: SparcPPO, task: str) -> None:
-        self._check_actions(model)
         policy = model.policy
         seq_len = model.seq_len
         batch = next(model.rollout_buffer.get_sequences(self.chunks_per_task * seq_len, seq_len))

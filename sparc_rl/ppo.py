@@ -199,6 +199,8 @@ class SparcPPO(PPO):
         if self.clip_range_vf is not None:
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
         self._last_state = self.policy.initial_state(self.n_envs)
+        for plugin in self.plugins:
+            plugin.on_setup(self)
 
     def _setup_learn(
         self,

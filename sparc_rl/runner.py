@@ -18,6 +18,7 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -351,14 +352,20 @@ class ContinualRunner:
     def run(self) -> RunResult:
         """Train through every task; on Ctrl-C write a final checkpoint and a partial report, then re-raise."""
         self._clock = time.time()
-        if self._resuming:
-            if self.state.finished:
-                raise ConfigError(f"Run {str(self.run_dir)!r} already finished; see its report.md.")
-        else:
+        if self._resuming and self.state.finished:
+            raise ConfigError(f"Run {str(self.run_dir)!r} already finished; see its report.md.")
+        created = not self._resuming and not self.run_dir.exists()
+        if not self._resuming:
             _prepare_run_dir(self.run_dir)
         set_random_seed(self.seed)
         # before any file is written: a bad agent setting or checkpoint leaves the run directory as it was
-        model = self._load_or_build_model()
+        try:
+            model = self._load_or_build_model()
+        except Exception:
+            if created:
+                with contextlib.suppress(OSError):  # removed only while still empty
+                    self.run_dir.rmdir()
+            raise
         if not self._resuming:
             atomic_write_json(self.run_dir / "config.json", self._config())
         logger = configure(str(self.run_dir / "tb"), ["tensorboard"])

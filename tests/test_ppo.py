@@ -608,9 +608,8 @@ def test_behaviour_cloning_refuses_actions_it_cannot_distil():
     from sparc_rl.plugins import BehaviourCloning
 
     env = make_vec_env(lambda: _ActionSpaceEnv.make("box"), n_envs=2, seed=0)
-    model = SparcPPO("MlpSparcPolicy", env, plugins=[BehaviourCloning()], policy_kwargs=dict(hidden_size=8), **SMALL)
     with pytest.raises(ConfigError, match="behaviour-cloning plugin .* needs a Discrete action space, got Box"):
-        model.start_task("a")
+        SparcPPO("MlpSparcPolicy", env, plugins=[BehaviourCloning()], policy_kwargs=dict(hidden_size=8), **SMALL)
 
 
 def _pixel_env():

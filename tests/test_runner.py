@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sparc_rl.curriculum import parse_curriculum
+from sparc_rl.errors import ConfigError
 from sparc_rl.runner import ContinualRunner
 from tests.conftest import tiny_agent, tiny_curriculum, tiny_curriculum_dict
 
@@ -162,3 +164,15 @@ def test_an_agent_file_can_name_the_users_own_plugin(tmp_path, monkeypatch):
     config = json.loads((result.run_dir / "config.json").read_text())
     assert config["agent"]["plugins"] == [{"name": "task_log_plugin:TaskLog", "kwargs": {"tag": "mine"}}]
     assert ContinualRunner.resume(result.run_dir, progress=False).agent.plugins == agent.plugins
+
+
+def test_a_model_the_agent_cannot_build_leaves_no_run_folder(tmp_path):
+    """The rehearsal baseline distils categorical actions: on a Box-action curriculum it stops with one
+    message before anything is written, and the run folder it had made is removed again."""
+    data = tiny_curriculum_dict()
+    for task in data["tasks"]:
+        task["env"], task["kwargs"], task["wrappers"] = "Pendulum-v1", {}, []
+    runner = ContinualRunner(parse_curriculum(data), "lstm-clone", run_dir=tmp_path / "runs" / "x", progress=False)
+    with pytest.raises(ConfigError, match="needs a Discrete action space, got Box"):
+        runner.run()
+    assert list((tmp_path / "runs").iterdir()) == []
