@@ -473,6 +473,11 @@ class ContinualRunner:
                 save_model_atomically(model, self.run_dir / "checkpoints" / f"task-{stage}-{task.name}.zip")
             self._commit(model)
             self._log_evaluation(logger, scores, diagnostics, model.num_timesteps)
+            if last and self.progress:  # one line per task that stays above the bar: retention as it goes
+                bar.write(
+                    f"after {task.name} ({stage + 1}/{len(self.curriculum.tasks)}): "
+                    + ", ".join(f"{name} {s:.2f}" for name, s in zip(self.curriculum.task_names, success, strict=True))
+                )
             bar.set_postfix_str(
                 f"task {task.name} ({stage + 1}/{len(self.curriculum.tasks)}) " + " ".join(f"{s:.2f}" for s in success)
             )

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 import tempfile
 
 import numpy as np
@@ -176,3 +177,11 @@ def test_a_model_the_agent_cannot_build_leaves_no_run_folder(tmp_path):
     with pytest.raises(ConfigError, match="needs a Discrete action space, got Box"):
         runner.run()
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_each_finished_task_prints_one_line_of_scores_above_the_bar(tmp_path, capsys):
+    ContinualRunner(tiny_curriculum(), tiny_agent("gru"), seed=0, run_dir=tmp_path / "run", progress=True).run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("after ")]
+    assert len(lines) == 2
+    assert re.fullmatch(r"after short \(1/2\): short \d\.\d\d, reversed \d\.\d\d", lines[0])
+    assert lines[1].startswith("after reversed (2/2): short ")
