@@ -672,3 +672,42 @@ def test_plugin_state_is_saved_with_the_model(tmp_path):
     assert ewc.fisher is not None and ewc.fisher.keys() == plugins[0].fisher.keys()
     assert all(th.equal(ewc.fisher[name], plugins[0].fisher[name]) for name in ewc.fisher)
     assert all(th.equal(a, b) for a, b in zip(cloning.memory, plugins[1].memory, strict=True))
+
+
+def test_sb3s_vec_envs_wrappers_and_callbacks_work_as_with_ppo(tmp_path):
+    """What an SB3 user reaches for: SubprocVecEnv, VecNormalize, EvalCallback and CheckpointCallback."""
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
+    from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
+
+    kwargs = {"max_steps": 40}
+    env = VecNormalize(
+        make_vec_env(
+            "SparcRL/DriftingCartPole-v0",
+            n_envs=2,
+            seed=0,
+            env_kwargs=kwargs,
+            vec_env_cls=SubprocVecEnv,
+            vec_env_kwargs={"start_method": "fork"},
+        )
+    )
+    eval_env = VecNormalize(
+        make_vec_env("SparcRL/DriftingCartPole-v0", n_envs=2, seed=1, env_kwargs=kwargs), training=False
+    )
+    evaluation = EvalCallback(
+        eval_env, eval_freq=64, n_eval_episodes=2, best_model_save_path=str(tmp_path), log_path=str(tmp_path), verbose=0
+    )
+    checkpoints = CheckpointCallback(save_freq=64, save_path=str(tmp_path / "ck"), save_vecnormalize=True)
+    model = SparcPPO("MlpSparcPolicy", env, seed=0, transfer_episodes=2, policy_kwargs=dict(hidden_size=8), **SMALL)
+    try:
+        for task in ("a", "b"):
+            model.start_task(task)
+            model.learn(128, callback=CallbackList([evaluation, checkpoints]), reset_num_timesteps=False)
+            model.end_task()
+        assert len(evaluation.evaluations_results) == 2 and np.isfinite(evaluation.best_mean_reward)
+        assert {p.name for p in (tmp_path / "ck").iterdir()} >= {
+            "rl_model_128_steps.zip",
+            "rl_model_vecnormalize_256_steps.pkl",
+        }
+        SparcPPO.load(tmp_path / "best_model", env=env).learn(64)
+    finally:
+        env.close()
