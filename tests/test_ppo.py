@@ -701,7 +701,8 @@ def test_sb3s_vec_envs_wrappers_and_callbacks_work_as_with_ppo(tmp_path):
     try:
         for task in ("a", "b"):
             model.start_task(task)
-            model.learn(128, callback=CallbackList([evaluation, checkpoints]), reset_num_timesteps=False)
+            callback = CallbackList([evaluation, checkpoints])
+            model.learn(128, callback=callback, reset_num_timesteps=False, progress_bar=True)
             model.end_task()
         assert len(evaluation.evaluations_results) == 2 and np.isfinite(evaluation.best_mean_reward)
         assert {p.name for p in (tmp_path / "ck").iterdir()} >= {
