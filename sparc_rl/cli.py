@@ -118,19 +118,21 @@ def _list(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     from sparc_rl.agents import list_agents, load_agent
+    from sparc_rl.config import builtin_dir
     from sparc_rl.curriculum import list_curricula, load_curriculum
 
-    print("Curricula (--curriculum):")
+    # where the files are, so that a preset can be copied and edited into the user's own
+    print(f"Curricula (--curriculum; the files are in {builtin_dir('envs')}):")
     for name in list_curricula():
         curriculum = load_curriculum(name, check_spaces=False)
         print(
             f"  {name:18s} {len(curriculum.tasks)} tasks, {curriculum.boundary} boundaries: "
             + ", ".join(curriculum.task_names)
         )
-    print("Agents (--agent):")
+    print(f"Agents (--agent; the files are in {builtin_dir('agents')}):")
     for name in list_agents():
         print(f"  {name:18s} {load_agent(name).description}")
-    print("Environments:")
+    print('Environments (and any registered Gymnasium id, or "module:EnvId" for your own):')
     for env_id in sorted(i for i in gym.registry if i.startswith("SparcRL/")):
         print(f"  {env_id}")
     return 0

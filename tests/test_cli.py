@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ def test_list_shows_curricula_agents_and_envs(capsys):
     out = capsys.readouterr().out
     for name in ("garden-seasons", "minigrid-skills", "cartpole-drift", "sparc-no-memory", "SparcRL/Garden-v0"):
         assert name in out
+    agents_dir = re.search(r"Agents \(--agent; the files are in (.+)\):", out)
+    assert agents_dir and (Path(agents_dir.group(1)) / "sparc.yaml").is_file()  # to copy and edit
 
 
 @pytest.mark.parametrize(
