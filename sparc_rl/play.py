@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,11 @@ def play(
         raise ConfigError(f"--record must end in .gif or .mp4, got {record!r}.")
     if record is not None and not Path(record).resolve().parent.is_dir():
         raise ConfigError(f"--record {record!r}: its folder does not exist; create it first or record elsewhere.")
+    if record is not None and record.endswith(".mp4") and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise ConfigError(
+            f"--record {record!r}: writing .mp4 needs imageio's ffmpeg plugin: pip install imageio-ffmpeg "
+            "(or record a .gif, which always works)."
+        )
     env = make_play_env(env_id, env_kwargs, wrappers, "rgb_array" if record else None)
     agent = SparcAgent.load(model_path, env=env, deterministic=deterministic)
     frames: list[Any] = []
@@ -69,7 +75,6 @@ def play(
                 record, frames, fps=10
             )
         except (ValueError, RuntimeError, ImportError, OSError) as error:
-            raise ConfigError(
-                f"Cannot write {record!r} ({error}); .gif always works, .mp4 needs imageio-ffmpeg."
-            ) from None
+            reason = " ".join(str(error).split())  # one line: imageio's messages span several
+            raise ConfigError(f"Cannot write {record!r}: {reason}") from None
     return returns

@@ -212,3 +212,16 @@ def test_env_modules_are_imported_from_the_current_folder(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_recording_mp4_without_ffmpeg_is_refused_before_playing(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "imageio_ffmpeg" else find_spec(name, *a)
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["play", "--model", "missing.zip", "--env", "CartPole-v1", "--record", "run.mp4"]) == 2
+    err = capsys.readouterr().err
+    assert "writing .mp4 needs imageio's ffmpeg plugin: pip install imageio-ffmpeg" in err and err.count("\n") == 1
