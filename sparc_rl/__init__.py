@@ -1,12 +1,14 @@
 """sparc-rl: continual reinforcement learning with SPARC recurrent policies on Stable-Baselines3."""
 
+from importlib.metadata import version as _version
+
 from sparc_rl.cores import GRUCore, LSTMCore, RecurrentCore, SparcCore, make_core
-from sparc_rl.errors import CheckpointError, ConfigError, SpaceMismatchError, SparcError
+from sparc_rl.errors import CheckpointError, ConfigError, SpaceMismatchError, SparcError, TrainingDivergedError
 from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
 from sparc_rl.policies import CnnSparcPolicy, MinigridCNN, MlpSparcPolicy, SparcActorCriticPolicy
 from sparc_rl.ppo import SparcPPO
 
-__version__ = "0.1.0"
+__version__ = _version("sparc-rl")  # pyproject.toml's, the one place it is written
 
 __all__ = [
     "BehaviourCloning",
@@ -26,6 +28,7 @@ __all__ = [
     "SparcCore",
     "SparcError",
     "SparcPPO",
+    "TrainingDivergedError",
     "make_core",
 ]
 

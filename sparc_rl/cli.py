@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from sparc_rl.errors import SparcError
@@ -140,6 +141,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparc-rl", description="Continual RL with SPARC recurrent policies.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('sparc-rl')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train an agent through a curriculum, evaluating every task")

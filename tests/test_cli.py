@@ -225,3 +225,12 @@ def test_recording_mp4_without_ffmpeg_is_refused_before_playing(tmp_path, monkey
     assert main(["play", "--model", "missing.zip", "--env", "CartPole-v1", "--record", "run.mp4"]) == 2
     err = capsys.readouterr().err
     assert "writing .mp4 needs imageio's ffmpeg plugin: pip install imageio-ffmpeg" in err and err.count("\n") == 1
+
+
+def test_version(capsys):
+    import sparc_rl
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"sparc-rl {sparc_rl.__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", sparc_rl.__version__)
