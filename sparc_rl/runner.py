@@ -366,6 +366,14 @@ class ContinualRunner:
                 with contextlib.suppress(OSError):  # removed only while still empty
                     self.run_dir.rmdir()
             raise
+        rollout = _rollout_size(model)
+        short = [f"{task.name} ({task.steps})" for task in self.curriculum.tasks if task.steps < rollout]
+        if short:
+            warnings.warn(
+                f"Budgets under one rollout ({rollout} env steps = n_steps x n_envs) train one whole rollout, "
+                f"evaluated once: {', '.join(short)}.",
+                stacklevel=2,
+            )
         if not self._resuming:
             atomic_write_json(self.run_dir / "config.json", self._config())
         logger = configure(str(self.run_dir / "tb"), ["tensorboard"])
