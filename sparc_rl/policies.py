@@ -21,9 +21,14 @@ NATURE_CNN_MIN_SIDE = 36
 
 
 def is_pixel_image(observation_space: spaces.Space) -> bool:
-    """Whether an image ``Box`` holds camera-like pixels (both sides at least :data:`NATURE_CNN_MIN_SIDE`)
-    rather than a small grid of category indices such as MiniGrid's 7x7 views."""
-    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 3:
+    """Whether an image ``Box`` holds camera-like pixels (uint8, both sides at least
+    :data:`NATURE_CNN_MIN_SIDE`) rather than a small grid of category indices such as MiniGrid's 7x7
+    views (or floats, which NatureCNN refuses)."""
+    if (
+        not isinstance(observation_space, spaces.Box)
+        or len(observation_space.shape) != 3
+        or observation_space.dtype != np.uint8
+    ):
         return False
     shape = observation_space.shape
     height, width = shape[1:] if is_image_space_channels_first(observation_space) else shape[:2]

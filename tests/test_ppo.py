@@ -7,7 +7,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from sparc_rl import SparcPPO
+from sparc_rl import CnnSparcPolicy, SparcPPO
 from sparc_rl.envs import MinigridImageTask
 from sparc_rl.errors import ConfigError
 
@@ -712,3 +712,13 @@ def test_sb3s_vec_envs_wrappers_and_callbacks_work_as_with_ppo(tmp_path):
         SparcPPO.load(tmp_path / "best_model", env=env).learn(64)
     finally:
         env.close()
+
+
+def test_float_images_keep_the_small_cnn():
+    from sparc_rl.policies import MinigridCNN, is_pixel_image
+
+    floats = spaces.Box(0.0, 1.0, (3, 64, 64), np.float32)
+    assert not is_pixel_image(floats) and is_pixel_image(spaces.Box(0, 255, (3, 40, 40), np.uint8))
+    assert not is_pixel_image(spaces.Box(0, 255, (7, 7, 3), np.uint8))
+    policy = CnnSparcPolicy(floats, spaces.Discrete(2), lambda _: 3e-4, hidden_size=8)
+    assert isinstance(policy.features_extractor, MinigridCNN)
