@@ -531,34 +531,32 @@ def test_transfer_episodes_must_be_positive():
         SparcPPO("MlpSparcPolicy", masked_cartpole(), transfer_episodes=0, **SMALL)
 
 
-class _DictObservationEnv:
+def _dict_observation_env():
     """A custom env with a dict observation, as many users' envs have."""
 
-    @staticmethod
-    def make():
-        class DictEnv(gym.Env):
-            observation_space = spaces.Dict({"pos": spaces.Box(0, 1, (2,), np.float32), "flag": spaces.Discrete(2)})
-            action_space = spaces.Discrete(3)
+    class DictEnv(gym.Env):
+        observation_space = spaces.Dict({"pos": spaces.Box(0, 1, (2,), np.float32), "flag": spaces.Discrete(2)})
+        action_space = spaces.Discrete(3)
 
-            def reset(self, *, seed=None, options=None):
-                super().reset(seed=seed)
-                self.t = 0
-                return {"pos": np.zeros(2, np.float32), "flag": 1}, {}
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return {"pos": np.zeros(2, np.float32), "flag": 1}, {}
 
-            def step(self, action):
-                self.t += 1
-                obs = {"pos": np.full(2, self.t / 10, np.float32), "flag": int(action == 1)}
-                return obs, float(action == 1), self.t >= 10, False, {}
+        def step(self, action):
+            self.t += 1
+            obs = {"pos": np.full(2, self.t / 10, np.float32), "flag": int(action == 1)}
+            return obs, float(action == 1), self.t >= 10, False, {}
 
-        return DictEnv()
+    return DictEnv()
 
 
 def test_dict_observations_are_a_clear_error_naming_the_wrapper_that_flattens_them():
     with pytest.raises(
         ConfigError, match="got Dict\\(flag: Discrete\\(2\\), pos: Box\\(shape=\\(2,\\), dtype=float32\\)\\): wrap"
     ):
-        SparcPPO("MlpSparcPolicy", make_vec_env(_DictObservationEnv.make, n_envs=2), **SMALL)
-    flat = make_vec_env(lambda: gym.wrappers.FlattenObservation(_DictObservationEnv.make()), n_envs=2, seed=0)
+        SparcPPO("MlpSparcPolicy", make_vec_env(_dict_observation_env, n_envs=2), **SMALL)
+    flat = make_vec_env(lambda: gym.wrappers.FlattenObservation(_dict_observation_env()), n_envs=2, seed=0)
     SparcPPO("MlpSparcPolicy", flat, seed=0, policy_kwargs=dict(hidden_size=8), **SMALL).learn(64)
 
 
