@@ -112,6 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
         )
         return 130
     print((result_dir / "results.md").read_text())
+    print(f"Every run's retention curves: tensorboard --logdir {result_dir / 'runs'}")
     return 0
 
 

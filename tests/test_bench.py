@@ -33,8 +33,9 @@ def test_bench_compares_agents_over_seeds(tmp_path, capsys):
         )
         == 0
     )
-    progress = capsys.readouterr().err
-    assert "bench: 100%" in progress and "4/4" in progress  # a bar of finished runs
+    printed = capsys.readouterr()
+    assert "bench: 100%" in printed.err and "4/4" in printed.err  # a bar of finished runs
+    assert f"tensorboard --logdir {out / 'runs'}" in printed.out
     table = (out / "results.md").read_text()
     assert "| tiny-sparc | 2 |" in table and "| tiny-lstm | 2 |" in table
     assert "--seeds 2 --no-reference`" in table  # the command that reproduces it
