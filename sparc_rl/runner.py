@@ -476,6 +476,8 @@ class ContinualRunner:
             self.state.returns_history.append([scores[name].mean_return for name in self.curriculum.task_names])
             if last:
                 self.state.matrix.append(success)
+                # stages end on whole rollouts, past their budget: the bar's total follows, to end at 100%
+                bar.total += self.state.steps_in_stage - task.steps
                 self.state.stage, self.state.steps_in_stage = stage + 1, 0
                 # before the commit, so a committed task end always has its checkpoint
                 save_model_atomically(model, self.run_dir / "checkpoints" / f"task-{stage}-{task.name}.zip")

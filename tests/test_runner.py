@@ -187,10 +187,11 @@ def test_each_finished_task_prints_one_line_of_scores_above_the_bar(tmp_path, ca
     assert lines[1].startswith("after reversed (2/2): short ")
 
 
-def test_a_budget_under_one_rollout_is_announced(tmp_path):
+def test_a_budget_under_one_rollout_is_announced(tmp_path, capsys):
     curriculum = tiny_curriculum_dict()
     curriculum["tasks"][1]["steps"] = 16  # the tiny agent's rollout: 32 steps x 2 envs
-    runner = ContinualRunner(parse_curriculum(curriculum), tiny_agent("gru"), run_dir=tmp_path / "r", progress=False)
+    runner = ContinualRunner(parse_curriculum(curriculum), tiny_agent("gru"), run_dir=tmp_path / "r", progress=True)
     with pytest.warns(UserWarning, match=r"Budgets under one rollout \(64 env steps.*: reversed \(16\)\."):
         result = runner.run()
     assert result.env_steps == 256 + 64
+    assert "100%|" in capsys.readouterr().err.split("\r")[-1]  # the bar counts the whole rollout it trained
