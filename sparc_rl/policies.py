@@ -36,29 +36,43 @@ def is_pixel_image(observation_space: spaces.Space) -> bool:
 
 
 class MinigridCNN(BaseFeaturesExtractor):
-    """Small CNN for MiniGrid's egocentric 7x7x3 (channels-first after SB3's transpose) grids.
+    """Small CNN for MiniGrid's egocentric grids (channels-first after SB3's transpose): 7x7 by
+    default, also the smaller views of ``agent_view_size`` 3 or 5.
 
-    SB3's ``NatureCNN`` needs at least 36x36 inputs; this one uses 2x2 kernels.
+    SB3's ``NatureCNN`` needs at least 36x36 inputs; this one uses 2x2 kernels. Grids of side 7 and
+    more are max-pooled after the first convolution; smaller ones skip the pooling, and the last
+    convolutions a grid is too small for.
 
-    :param observation_space: an image ``Box`` of shape ``(3, H, W)``
+    :param observation_space: a channels-first image ``Box`` of shape ``(C, H, W)``, both sides at
+        least 2
     :param features_dim: output size
     """
 
     def __init__(self, observation_space: spaces.Box, features_dim: int = 64) -> None:
         super().__init__(observation_space, features_dim)
-        channels = observation_space.shape[0]
-        self.cnn = nn.Sequential(
-            nn.Conv2d(channels, 16, 2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 2),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 2),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
+        shape = observation_space.shape
+        # channels last: the smallest side last (SB3's own test, which moves only uint8 images' channels)
+        if len(shape) != 3 or shape[2] < min(shape[:2]):
+            raise ConfigError(
+                f"MinigridCNN takes channels-first images (C, H, W); got shape {shape} "
+                f"({observation_space.dtype}). SB3 moves only uint8 images' channels first: transpose "
+                "others in the env, or use an MLP policy."
+            )
+        side = min(shape[1:])
+        if side < 2:
+            raise ConfigError(f"MinigridCNN needs images of at least 2x2 cells; got shape {shape}: use an MLP policy.")
+        layers: list[nn.Module] = [nn.Conv2d(shape[0], 16, 2), nn.ReLU()]
+        side -= 1
+        if side >= 6:  # 7x7 views and up: 6 -> 3, which the two convolutions below still fit
+            layers.append(nn.MaxPool2d(2))
+            side //= 2
+        for in_channels, out_channels in ((16, 32), (32, 64)):
+            if side >= 2:
+                layers += [nn.Conv2d(in_channels, out_channels, 2), nn.ReLU()]
+                side -= 1
+        self.cnn = nn.Sequential(*layers, nn.Flatten())
         with th.no_grad():
-            n_flat = self.cnn(th.zeros(1, *observation_space.shape)).shape[1]
+            n_flat = self.cnn(th.zeros(1, *shape)).shape[1]
         self.linear = nn.Sequential(nn.Linear(n_flat, features_dim), nn.ReLU())
 
     def forward(self, observations: th.Tensor) -> th.Tensor:

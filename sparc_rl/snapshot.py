@@ -7,6 +7,8 @@ The snapshot is a cloudpickle file, like the ``data`` member of an SB3 zip: only
 
 from __future__ import annotations
 
+import inspect
+import io
 import pickle
 import random
 import warnings
@@ -17,6 +19,7 @@ import cloudpickle
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnvWrapper
 
 from sparc_rl.errors import CheckpointError
 from sparc_rl.io import atomic_path
@@ -33,6 +36,30 @@ _LOOP_ATTRIBUTES = (
     "ep_info_buffer",
     "ep_success_buffer",
 )
+
+
+def _rebuild_vec_env_wrapper(cls: type[VecEnvWrapper], state: dict[str, Any]) -> VecEnvWrapper:
+    wrapper = cls.__new__(cls)
+    wrapper.__dict__.update(state)
+    wrapper.class_attributes = dict(inspect.getmembers(cls))
+    return wrapper
+
+
+class _SnapshotPickler(cloudpickle.Pickler):
+    """cloudpickle, with SB3's VecEnv wrappers (``VecTransposeImage`` on image observations) pickled
+    without their ``class_attributes``, a copy of their class's members that holds unpicklable ABC
+    internals; it is rebuilt from the class on load."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            isinstance(obj, VecEnvWrapper)
+            and "class_attributes" in vars(obj)
+            # VecNormalize pickles itself (without its env)
+            and not any("__getstate__" in vars(klass) for klass in type(obj).__mro__ if klass is not object)
+        ):
+            state = {name: value for name, value in vars(obj).items() if name != "class_attributes"}
+            return _rebuild_vec_env_wrapper, (type(obj), state)
+        return super().reducer_override(obj)
 
 
 def snapshot_path(checkpoint: Path) -> Path:
@@ -57,8 +84,9 @@ def save_snapshot(model: BaseAlgorithm, path: Path) -> bool:
         "env": model.get_env(),
         "loop": {name: getattr(model, name) for name in _LOOP_ATTRIBUTES if hasattr(model, name)},
     }
+    buffer = io.BytesIO()
     try:
-        payload = cloudpickle.dumps(data)
+        _SnapshotPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(data)
     except (pickle.PicklingError, TypeError, AttributeError) as error:
         warnings.warn(
             f"The training envs cannot be pickled ({error}); a run resumed inside a task will continue "
@@ -67,7 +95,7 @@ def save_snapshot(model: BaseAlgorithm, path: Path) -> bool:
         )
         return False
     with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
+        tmp.write_bytes(buffer.getvalue())
     return True
 
 

@@ -720,3 +720,36 @@ def test_float_images_keep_the_small_cnn():
     assert not is_pixel_image(spaces.Box(0, 255, (7, 7, 3), np.uint8))
     policy = CnnSparcPolicy(floats, spaces.Discrete(2), lambda _: 3e-4, hidden_size=8)
     assert isinstance(policy.features_extractor, MinigridCNN)
+
+
+@pytest.mark.parametrize("view", [3, 5, 7])
+def test_the_default_agents_train_on_minigrid_views_of_every_size(view):
+    """``agent_view_size`` 3 or 5 used to crash MinigridCNN (its max-pool left nothing to convolve)."""
+    from sparc_rl.agents import load_agent
+
+    env = make_vec_env(
+        lambda: MinigridImageTask(gym.make("MiniGrid-Empty-5x5-v0", agent_view_size=view)), n_envs=2, seed=0
+    )
+    for name in ("sparc", "recurrent-ppo"):
+        model = load_agent(name).build(env, seed=0, algorithm_overrides={"n_steps": 16, "batch_size": 32})
+        model.learn(32)
+        assert model.num_timesteps == 32
+
+
+def test_the_small_cnn_keeps_its_7x7_layers_and_refuses_channels_last_or_tiny_images():
+    from torch import nn
+
+    from sparc_rl.policies import MinigridCNN
+
+    layers = [type(layer) for layer in MinigridCNN(spaces.Box(0, 10, (3, 7, 7), np.uint8)).cnn]
+    relu = nn.ReLU
+    assert layers == [nn.Conv2d, relu, nn.MaxPool2d, nn.Conv2d, relu, nn.Conv2d, relu, nn.Flatten]
+    # checkpoints of 7x7 models name the same parameters
+    assert [name for name, _ in MinigridCNN(spaces.Box(0, 10, (3, 7, 7), np.uint8)).named_parameters()] == [
+        "cnn.0.weight", "cnn.0.bias", "cnn.3.weight", "cnn.3.bias", "cnn.5.weight", "cnn.5.bias",
+        "linear.0.weight", "linear.0.bias",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"channels-first images \(C, H, W\); got shape \(7, 7, 3\) \(float32\)"):
+        CnnSparcPolicy(spaces.Box(0.0, 1.0, (7, 7, 3), np.float32), spaces.Discrete(2), lambda _: 3e-4)
+    with pytest.raises(ConfigError, match="at least 2x2 cells"):
+        MinigridCNN(spaces.Box(0, 10, (3, 1, 1), np.uint8))

@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import pickle
@@ -158,8 +159,19 @@ TINY_RECURRENT_PPO = {
 }
 
 
-def _run_of(agent_data: dict, run_dir: Path, eval_every: int = 4) -> ContinualRunner:
-    curriculum = tiny_curriculum_dict()
+#: image observations: SB3 wraps the training envs in a VecTransposeImage
+TINY_IMAGE_CURRICULUM = {
+    "name": "tiny-images",
+    "eval_episodes": 2,
+    "tasks": [
+        {"name": name, "env": env, "kwargs": {"agent_view_size": 5}, "wrappers": ["minigrid-image"], "steps": 256}
+        for name, env in (("empty", "MiniGrid-Empty-5x5-v0"), ("lava", "MiniGrid-LavaGapS5-v0"))
+    ],
+}
+
+
+def _run_of(agent_data: dict, run_dir: Path, eval_every: int = 4, curriculum: dict | None = None) -> ContinualRunner:
+    curriculum = copy.deepcopy(curriculum) if curriculum is not None else tiny_curriculum_dict()
     curriculum["eval_every"] = eval_every
     return ContinualRunner(
         parse_curriculum(curriculum, "tiny"), parse_agent(agent_data), seed=3, run_dir=run_dir, progress=False
@@ -167,15 +179,18 @@ def _run_of(agent_data: dict, run_dir: Path, eval_every: int = 4) -> ContinualRu
 
 
 @pytest.mark.parametrize(
-    "agent_data",
+    ("agent_data", "curriculum"),
     [
-        pytest.param(TINY_AGENT, marks=pytest.mark.slow, id="sparc"),
-        pytest.param(tiny_agent_data("lstm"), id="lstm"),
-        pytest.param(TINY_RECURRENT_PPO, marks=pytest.mark.slow, id="recurrent-ppo"),
+        pytest.param(TINY_AGENT, None, marks=pytest.mark.slow, id="sparc"),
+        pytest.param(tiny_agent_data("lstm"), None, id="lstm"),
+        pytest.param(TINY_RECURRENT_PPO, None, marks=pytest.mark.slow, id="recurrent-ppo"),
+        pytest.param(tiny_agent_data("lstm"), TINY_IMAGE_CURRICULUM, id="lstm-on-images"),
     ],
 )
-def test_a_run_resumed_inside_a_task_continues_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch, agent_data):
-    uninterrupted = _run_of(agent_data, tmp_path / "whole")
+def test_a_run_resumed_inside_a_task_continues_exactly_like_the_uninterrupted_one(
+    tmp_path, monkeypatch, agent_data, curriculum
+):
+    uninterrupted = _run_of(agent_data, tmp_path / "whole", curriculum=curriculum)
     uninterrupted.run()
     commit = ContinualRunner._commit
 
@@ -186,7 +201,7 @@ def test_a_run_resumed_inside_a_task_continues_exactly_like_the_uninterrupted_on
 
     monkeypatch.setattr(ContinualRunner, "_commit", stop_after_the_second_evaluation_of_the_second_task)
     with pytest.raises(KeyboardInterrupt):
-        _run_of(agent_data, tmp_path / "split").run()
+        _run_of(agent_data, tmp_path / "split", curriculum=curriculum).run()
     monkeypatch.setattr(ContinualRunner, "_commit", commit)
     # one step checkpoint and its snapshot are kept, older ones are dropped
     step_files = sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step-*"))
