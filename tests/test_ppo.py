@@ -753,3 +753,16 @@ def test_the_small_cnn_keeps_its_7x7_layers_and_refuses_channels_last_or_tiny_im
         CnnSparcPolicy(spaces.Box(0.0, 1.0, (7, 7, 3), np.float32), spaces.Discrete(2), lambda _: 3e-4)
     with pytest.raises(ConfigError, match="at least 2x2 cells"):
         MinigridCNN(spaces.Box(0, 10, (3, 1, 1), np.uint8))
+
+
+def test_target_kl_stops_an_update_early_and_clip_range_vf_bounds_the_value_change():
+    """SB3's PPO settings that change the update: a tiny ``target_kl`` ends it after the first minibatch
+    (one epoch counted, as SB3 counts), and ``clip_range_vf`` trains values within the clip."""
+    settings = dict(n_steps=32, batch_size=16, seq_len=16, n_epochs=10, policy_kwargs=dict(hidden_size=8))
+    stopped = SparcPPO("MlpSparcPolicy", masked_cartpole(), seed=0, target_kl=1e-12, **settings).learn(64)
+    assert stopped._n_updates == 1  # one rollout: its first epoch stopped, not 10 epochs
+    full = SparcPPO("MlpSparcPolicy", masked_cartpole(), seed=0, **settings).learn(64)
+    assert full._n_updates == 10
+    clipped = SparcPPO("MlpSparcPolicy", masked_cartpole(), seed=0, clip_range_vf=1e-3, **settings).learn(64)
+    free = SparcPPO("MlpSparcPolicy", masked_cartpole(), seed=0, clip_range_vf=None, **settings).learn(64)
+    assert clipped.logger.name_to_value["train/value_loss"] != free.logger.name_to_value["train/value_loss"]
