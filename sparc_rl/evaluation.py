@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,7 +42,8 @@ def evaluate_task(
     """Run exactly ``n_episodes`` episodes, up to ``max_parallel`` at a time, each env doing its quota
     (so short episodes are not over-counted). The recurrent state is reset at every episode start.
 
-    An episode succeeds when its final ``info["is_success"]`` is true.
+    An episode succeeds when its final ``info["is_success"]`` is true. If no episode reports it, a
+    warning names the task and the wrapper that adds it (the score would read 0 for want of information).
     """
     n_envs = min(n_episodes, max_parallel)
     quotas = np.full(n_envs, n_episodes // n_envs)
@@ -56,12 +58,14 @@ def evaluate_task(
         returns = np.zeros(n_envs)
         successes: list[float] = []
         episode_returns: list[float] = []
+        reported = False
         while (done_counts < quotas).any():
             actions, state = model.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
             obs, rewards, dones, infos = env.step(actions)
             returns += rewards
             for i in np.flatnonzero(dones):
                 if done_counts[i] < quotas[i]:
+                    reported = reported or "is_success" in infos[i]
                     successes.append(float(bool(infos[i].get("is_success", False))))
                     episode_returns.append(float(returns[i]))
                     done_counts[i] += 1
@@ -69,6 +73,14 @@ def evaluate_task(
             starts = dones
     finally:
         env.close()
+    if not reported:
+        warnings.warn(
+            f"Task {task.name!r} ({task.env_id}) reports no info['is_success'], so its score (the success "
+            "rate) reads 0. Add the wrapper success-from-return to the task's wrappers: "
+            "{name: success-from-return, kwargs: {threshold: <return that counts as success>}} "
+            "(without kwargs, the env's registered reward_threshold).",
+            stacklevel=2,
+        )
     return TaskScore(float(np.mean(successes)), float(np.mean(episode_returns)), len(successes))
 
 

@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import gymnasium as gym
 import pytest
@@ -6,7 +7,7 @@ import yaml
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sparc_rl.agents import list_agents, load_agent, parse_agent
-from sparc_rl.curriculum import list_curricula, load_curriculum, parse_curriculum
+from sparc_rl.curriculum import check_task_spaces, list_curricula, load_curriculum, parse_curriculum
 from sparc_rl.errors import ConfigError
 from tests.conftest import tiny_curriculum_dict
 
@@ -247,3 +248,50 @@ def test_a_curriculum_of_dict_observations_stops_before_anything_is_written(tmp_
     ):
         ContinualRunner(parse_curriculum(data), "sparc", run_dir=tmp_path / "run", progress=False).run()
     assert not (tmp_path / "run").exists()
+
+
+class _RandomActions:
+    def __init__(self) -> None:
+        self.space = gym.spaces.Discrete(2, seed=0)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=False):
+        return [self.space.sample() for _ in range(len(observation))], None
+
+
+def _stock_cartpole(wrappers: list) -> dict:
+    return {"name": "stock", "tasks": [{"name": "pole", "env": "CartPole-v1", "wrappers": wrappers, "steps": 64}]}
+
+
+def test_envs_without_success_information_are_named_and_the_wrapper_that_adds_it_scores_them():
+    from sparc_rl.evaluation import evaluate_task
+
+    (bare,) = parse_curriculum(_stock_cartpole([]), "stock").tasks
+    with pytest.warns(
+        UserWarning, match=r"'pole' \(CartPole-v1\) reports no info\['is_success'\].*success-from-return"
+    ):
+        assert evaluate_task(_RandomActions(), bare, n_episodes=4, seed=0).success_rate == 0.0
+    # random actions keep CartPole up for 8 to 50 steps: above 5 always, never at the registered 475
+    for threshold, rate in ((5, 1.0), (None, 0.0)):
+        wrapper = (
+            {"name": "success-from-return", "kwargs": {"threshold": threshold}} if threshold else "success-from-return"
+        )
+        (task,) = parse_curriculum(_stock_cartpole([wrapper]), "stock").tasks
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            score = evaluate_task(_RandomActions(), task, n_episodes=4, seed=0)
+        assert score.success_rate == rate and 8 <= score.mean_return <= 50
+
+
+def test_the_success_wrapper_without_a_threshold_needs_a_registered_one():
+    with pytest.raises(
+        ConfigError, match="task 'pole': cannot build the env: Pendulum-v1 has no registered reward_threshold"
+    ):
+        check_task_spaces(
+            parse_curriculum(
+                {
+                    "name": "p",
+                    "tasks": [{"name": "pole", "env": "Pendulum-v1", "wrappers": ["success-from-return"], "steps": 64}],
+                },
+                "p",
+            )
+        )

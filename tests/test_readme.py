@@ -15,6 +15,7 @@ def test_the_readmes_curriculum_and_agent_files_are_valid():
     blocks = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", README, flags=re.DOTALL)]
     curricula = [block for block in blocks if "tasks" in block]
     agents = [block for block in blocks if "algorithm" in block]
-    assert len(curricula) == 1 and len(agents) == 1 and len(blocks) == 2
-    check_task_spaces(parse_curriculum(curricula[0], "README"))
+    assert len(curricula) == 2 and len(agents) == 1 and len(blocks) == 3
+    for curriculum in curricula:
+        check_task_spaces(parse_curriculum(curriculum, "README"))
     assert parse_agent(agents[0], "README").plugins == (("ewc", {"strength": 100.0}),)

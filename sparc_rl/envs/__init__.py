@@ -14,6 +14,7 @@ from sparc_rl.envs.wrappers import (
     HiddenTaskBoundaries,
     MinigridImageTask,
     PreviousActionRewardObservation,
+    SuccessFromReturn,
 )
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "HiddenTaskBoundaries",
     "MinigridImageTask",
     "PreviousActionRewardObservation",
+    "SuccessFromReturn",
     "register_envs",
 ]
 

@@ -5,7 +5,8 @@
 * :class:`GradualDrift` — moves a physics parameter linearly over many steps;
 * :class:`HiddenTaskBoundaries` — removes the task announcements the switching wrappers add;
 * :class:`MinigridImageTask` — gives MiniGrid tasks one observation and action space;
-* :class:`PreviousActionRewardObservation` — appends the previous action and reward to the observation.
+* :class:`PreviousActionRewardObservation` — appends the previous action and reward to the observation;
+* :class:`SuccessFromReturn` — reports ``info["is_success"]`` from the episode's return.
 
 Switching wrappers change task only at episode starts and announce it in ``info`` as
 ``task_index`` and ``task_switched``.
@@ -226,10 +227,46 @@ class PreviousActionRewardObservation(gym.ObservationWrapper):
         return np.concatenate([np.asarray(observation, dtype=np.float32).ravel(), self._previous])
 
 
+class SuccessFromReturn(gym.Wrapper):
+    """Reports ``info["is_success"]`` at each episode's end: whether its return reached ``threshold``.
+
+    A task's score is its success rate; envs that do not report success themselves (most of
+    Gymnasium's) need this, or every score reads 0. The value replaces any the env reports.
+
+    :param env: any env
+    :param threshold: the return that counts as success; default: the env's registered
+        ``reward_threshold`` (CartPole-v1: 475)
+    """
+
+    def __init__(self, env: gym.Env, threshold: float | None = None) -> None:
+        super().__init__(env)
+        if threshold is None:
+            threshold = env.spec.reward_threshold if env.spec is not None else None
+            if threshold is None:
+                raise ValueError(
+                    f"{env.spec.id if env.spec is not None else type(env.unwrapped).__name__} has no registered "
+                    "reward_threshold: give SuccessFromReturn a threshold."
+                )
+        self.threshold = float(threshold)
+        self._return = 0.0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        self._return = 0.0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._return += float(reward)
+        if terminated or truncated:
+            info["is_success"] = self._return >= self.threshold
+        return obs, reward, terminated, truncated, info
+
+
 WRAPPERS: dict[str, type[gym.Wrapper]] = {
     "minigrid-image": MinigridImageTask,
     "previous-action-reward": PreviousActionRewardObservation,
     "gradual-drift": GradualDrift,
     "hidden-task-boundaries": HiddenTaskBoundaries,
+    "success-from-return": SuccessFromReturn,
 }
 """Wrappers a curriculum file can name, applied in order around one task's env."""
