@@ -21,7 +21,7 @@ from tqdm import tqdm
 from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import load_agent
 from sparc_rl.curriculum import load_curriculum
-from sparc_rl.errors import ConfigError
+from sparc_rl.errors import ConfigError, SparcError
 from sparc_rl.io import atomic_write_text, versions
 from sparc_rl.metrics import bootstrap_ci
 from sparc_rl.runner import ContinualRunner, RunResult
@@ -192,12 +192,6 @@ def run_bench(
     reference_agent = reference_agent or agents[0]
     for agent in [*agents, reference_agent]:
         load_agent(agent)  # fail fast on a bad name, before any training
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:  # a file in the way, or no permission
-        raise ConfigError(
-            f"Cannot use {str(out_dir)!r} as the bench's --out folder: {error.strerror or error}."
-        ) from None
     jobs = jobs or max(1, min(os.cpu_count() or 1, len(agents) * seeds))
     common = dict(
         curriculum=curriculum,
@@ -232,9 +226,23 @@ def run_bench(
         for agent in sorted(agents, key=_start_early, reverse=True)
         for seed in range(seeds)
     ]
-    for job in work:
+    checked: set[str] = set()
+    for job in work:  # before any training
+        runner = _runner(job)
         if job.reference_task is None:
-            _check_saved_run(_runner(job))  # before any training
+            _check_saved_run(runner)
+        if job.agent not in checked:
+            checked.add(job.agent)
+            try:
+                runner.check_model()
+            except SparcError as error:
+                raise ConfigError(f"Agent {job.agent!r} cannot train on {loaded.name!r}: {error}") from None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way, or no permission
+        raise ConfigError(
+            f"Cannot use {str(out_dir)!r} as the bench's --out folder: {error.strerror or error}."
+        ) from None
     started = time.time()
     speed = machine_speed()  # on idle cores, before the runs start
     results: list[dict[str, Any]] = []

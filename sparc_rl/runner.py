@@ -417,17 +417,27 @@ class ContinualRunner:
             self.state.history,
         )
 
+    def _build_model(self, env: Any) -> BaseAlgorithm:
+        return self.agent.build(
+            env,
+            seed=self.seed,
+            hidden_boundaries=self.curriculum.boundary == "hidden",
+            algorithm_overrides=self.curriculum.algorithm_kwargs,
+        )
+
+    def check_model(self) -> None:
+        """Build the agent's model on the first task, as :meth:`run` would, and drop it: an agent whose
+        settings or plugins refuse this curriculum (behaviour cloning on continuous actions) stops here,
+        before anything is trained or written."""
+        model = self._build_model(self._make_train_env(0))
+        model.get_env().close()  # type: ignore[union-attr]
+
     def _load_or_build_model(self) -> BaseAlgorithm:
         stage = self.state.stage
         self._env_stage = min(stage, len(self.curriculum.tasks) - 1)
         env = self._make_train_env(self._env_stage)
         if self.state.checkpoint is None:
-            return self.agent.build(
-                env,
-                seed=self.seed,
-                hidden_boundaries=self.curriculum.boundary == "hidden",
-                algorithm_overrides=self.curriculum.algorithm_kwargs,
-            )
+            return self._build_model(env)
         path = self.run_dir / self.state.checkpoint
         check_checkpoint_file(path)
         snapshot = snapshot_path(path)

@@ -62,11 +62,17 @@ def test_bench_with_an_unknown_agent_fails_before_training(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
-def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path):
+def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path, monkeypatch):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
+    (tmp_path / "crashing_plugins.py").write_text(
+        "from sparc_rl.plugins import ContinualPlugin\n"
+        "class CrashAtTaskEnd(ContinualPlugin):\n"
+        "    def on_task_end(self, model, task):\n"
+        "        raise OSError('disk full')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     good = tiny_agent_data("gru", name="good")
-    # a setting only the core checks, when the run builds it: the file itself reads fine
-    bad = tiny_agent_data("gru", name="bad", policy_kwargs={"core": "gru", "core_kwargs": {"hiden": 3}})
+    bad = tiny_agent_data("gru", name="bad", plugins=[{"name": "crashing_plugins:CrashAtTaskEnd"}])
     for agent in (good, bad):
         (tmp_path / f"{agent['name']}.yaml").write_text(yaml.safe_dump(agent))
     out = tmp_path / "bench"
@@ -90,7 +96,30 @@ def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path):
         == 0
     )
     table = (out / "results.md").read_text()
-    assert "| good | 1 |" in table and "**Run failed**: " in table and "does not take ['hiden']" in table
+    assert "| good | 1 |" in table and "bad.yaml seed 0: OSError: disk full" in table
+
+
+def test_an_agent_that_cannot_train_on_the_curriculum_stops_the_bench_before_anything_runs(tmp_path, capsys):
+    """Behaviour cloning refuses continuous actions when its model is built: before any run, not after all."""
+    curriculum = {
+        "name": "pendulum",
+        "tasks": [
+            {
+                "name": "swing",
+                "env": "Pendulum-v1",
+                "wrappers": [{"name": "success-from-return", "kwargs": {"threshold": -200}}],
+                "steps": 64,
+            }
+        ],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
+    out = tmp_path / "bench"
+    assert (
+        main(["bench", "--curriculum", str(tmp_path / "c.yaml"), "--agents", "lstm,lstm-clone", "--out", str(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "Agent 'lstm-clone' cannot train on 'pendulum': The behaviour-cloning plugin" in err and "Discrete" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_every_agent_is_measured_against_the_same_references(tmp_path):
