@@ -47,6 +47,7 @@ def _eval(args: argparse.Namespace) -> int:
     from sparc_rl.runner import evaluate_saved_model
 
     curriculum, scores = evaluate_saved_model(args.model, args.curriculum, args.episodes, args.seed)
+    print(f"curriculum: {curriculum.name} ({curriculum.source})")
     width = max(len(name) for name in scores)
     print(f"{'task':{width}s}  success  mean return  episodes")
     for name, score in scores.items():
@@ -170,7 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="score a saved model on every task of a curriculum")
     evaluate.add_argument("--model", required=True, help="a checkpoint zip, e.g. RUN_DIR/checkpoints/task-0-<name>.zip")
     evaluate.add_argument(
-        "--curriculum", default="cartpole-drift", help="built-in name or YAML path (default %(default)s)"
+        "--curriculum",
+        default=None,
+        help="built-in name or YAML path (default: the curriculum of the run the checkpoint is from, else "
+        "cartpole-drift)",
     )
     evaluate.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the curriculum's)")
     evaluate.add_argument("--seed", type=int, default=12345, help="fixes the evaluation episodes")

@@ -12,8 +12,9 @@ from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.save_util import json_to_data
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage
 
 from sparc_rl.errors import CheckpointError, SpaceMismatchError
 from sparc_rl.io import check_checkpoint_file
@@ -40,9 +41,17 @@ def _space_hint(env_space: spaces.Space, model_space: spaces.Space) -> str:
     return ""
 
 
+def _as_the_policy_sees_it(observation_space: spaces.Space) -> spaces.Space:
+    """An env's observation space as SB3 hands it to the policy: channels-last images transposed, as
+    SB3 wraps training envs in ``VecTransposeImage`` and ``predict`` transposes observations."""
+    if is_image_space(observation_space) and not is_image_space_channels_first(observation_space):  # type: ignore[arg-type]
+        return VecTransposeImage.transpose_space(observation_space)  # type: ignore[arg-type]
+    return observation_space
+
+
 def check_spaces(model_obs: spaces.Space, model_act: spaces.Space, env: gym.Env | VecEnv) -> None:
     """Raise :class:`SpaceMismatchError` naming both spaces if the env does not fit the policy."""
-    if env.observation_space != model_obs:
+    if _as_the_policy_sees_it(env.observation_space) != model_obs:
         raise SpaceMismatchError(
             f"The policy expects observations {describe_space(model_obs)} but the env gives "
             f"{describe_space(env.observation_space)}." + _space_hint(env.observation_space, model_obs)

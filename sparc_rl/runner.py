@@ -617,15 +617,45 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def run_curriculum(model_path: str | Path) -> Curriculum | None:
+    """The curriculum of the run a checkpoint belongs to (``RUN_DIR/checkpoints/<name>.zip``, read from
+    ``RUN_DIR/config.json``), or ``None`` for a checkpoint outside a run directory."""
+    from sparc_rl.curriculum import parse_curriculum
+
+    path = Path(model_path)
+    config_path = path.parent.parent / "config.json"
+    if path.parent.name != "checkpoints" or not config_path.is_file():
+        return None
+    try:
+        data = json.loads(config_path.read_text())["curriculum"]
+        curriculum = parse_curriculum(data, str(config_path))
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError) as error:
+        raise ConfigError(
+            f"Cannot read the curriculum of the run {str(path.parent.parent)!r} from its config.json ({error}); "
+            "name one with --curriculum."
+        ) from None
+    check_task_spaces(curriculum)
+    return curriculum
+
+
 def evaluate_saved_model(
-    model_path: str | Path, curriculum: str | Path, episodes: int | None, seed: int
+    model_path: str | Path, curriculum: str | Path | Curriculum | None, episodes: int | None, seed: int
 ) -> tuple[Curriculum, dict[str, Any]]:
-    """Load a saved model (SparcPPO, or RecurrentPPO's) and score it on every task of a curriculum."""
+    """Load a saved model (SparcPPO, or RecurrentPPO's) and score it on every task of a curriculum.
+
+    :param curriculum: a curriculum, its built-in name or file; ``None``: the one the checkpoint's run
+        trained on (:func:`run_curriculum`), else ``cartpole-drift``
+    """
     if episodes is not None and episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {episodes}.")
     if seed < 0:
         raise ConfigError(f"--seed must not be negative, got {seed}.")
-    loaded = load_curriculum(curriculum)
+    if isinstance(curriculum, Curriculum):
+        loaded = curriculum
+    elif curriculum is None:
+        loaded = run_curriculum(model_path) or load_curriculum("cartpole-drift")
+    else:
+        loaded = load_curriculum(curriculum)
     path = Path(model_path)
     model = load_saved_model(path)
     task_env = loaded.tasks[0].make_env()

@@ -186,3 +186,43 @@ def test_a_checkpoint_that_needs_a_module_missing_here_says_which(tmp_path, monk
         CheckpointError, match="saved with your own code from module 'gone_plugins'.*run from the folder"
     ):
         SparcAgent.load(path)
+
+
+def test_an_image_run_is_evaluated_on_its_own_curriculum_and_played_in_the_raw_env(tmp_path, capsys):
+    """SB3 trains image policies on channels-first views of channels-last envs: eval, play and SparcAgent
+    take the env as it is (they used to refuse it as a space mismatch). ``eval`` without
+    ``--curriculum`` uses the one the checkpoint's run trained on (it used to default to cartpole-drift)."""
+    from sparc_rl.curriculum import parse_curriculum
+    from sparc_rl.envs import MinigridImageTask
+    from sparc_rl.runner import ContinualRunner
+    from tests.conftest import tiny_agent
+
+    curriculum = {
+        "name": "grids",
+        "eval_episodes": 2,
+        "eval_every": 1,
+        "tasks": [
+            {
+                "name": "empty",
+                "env": "MiniGrid-Empty-5x5-v0",
+                "kwargs": {"agent_view_size": 5},
+                "wrappers": ["minigrid-image"],
+                "steps": 64,
+            }
+        ],
+    }
+    run = tmp_path / "run"
+    ContinualRunner(parse_curriculum(curriculum), tiny_agent("lstm"), run_dir=run, progress=False).run()
+    checkpoint = run / "checkpoints" / "task-0-empty.zip"
+    assert main(["eval", "--model", str(checkpoint), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"curriculum: grids ({run / 'config.json'})" in out and "empty" in out
+    env = MinigridImageTask(gym.make("MiniGrid-Empty-5x5-v0", agent_view_size=5))
+    agent = SparcAgent.load(checkpoint, env=env)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (5, 5, 3) and agent.act(obs) in range(7)
+    argv = ["play", "--model", str(checkpoint), "--env", "MiniGrid-Empty-5x5-v0", "--wrappers", "minigrid-image"]
+    assert main([*argv, "--env-kwargs", '{"agent_view_size": 5}', "--episodes", "1"]) == 0
+    (run / "config.json").write_text("{")
+    assert main(["eval", "--model", str(checkpoint)]) == 2
+    assert "Cannot read the curriculum of the run" in capsys.readouterr().err
