@@ -120,9 +120,9 @@ def _bench(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
-    from sparc_rl.agents import list_agents, load_agent
+    from sparc_rl.agents import PLUGINS, list_agents, load_agent
     from sparc_rl.config import builtin_dir
-    from sparc_rl.curriculum import list_curricula, load_curriculum
+    from sparc_rl.curriculum import NAMED_WRAPPERS, list_curricula, load_curriculum
 
     # where the files are, so that a preset can be copied and edited into the user's own
     print(f"Curricula (--curriculum; the files are in {builtin_dir('envs')}):")
@@ -138,7 +138,19 @@ def _list(args: argparse.Namespace) -> int:
     print('Environments (and any registered Gymnasium id, or "module:EnvId" for your own):')
     for env_id in sorted(i for i in gym.registry if i.startswith("SparcRL/")):
         print(f"  {env_id}")
+    print("Wrappers (a curriculum task's wrappers, applied in order):")
+    for name, wrapper in sorted(NAMED_WRAPPERS.items()):
+        print(f"  {name:24s} {_summary(wrapper)}")
+    print('Plugins (in an agent file, or "module:ClassName" for your own):')
+    for name, plugin in sorted(PLUGINS.items()):
+        print(f"  {name:24s} {_summary(plugin)}")
     return 0
+
+
+def _summary(cls: type, width: int = 100) -> str:
+    """The first sentence of a class's docstring on one line, without markup, cut at ``width``."""
+    sentence = " ".join((cls.__doc__ or cls.__name__).replace("``", "").split()).split(". ")[0].rstrip(".")
+    return sentence + "." if len(sentence) < width else sentence[: width - 3].rsplit(" ", 1)[0] + " ..."
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,10 @@ def test_list_shows_curricula_agents_and_envs(capsys):
         assert name in out
     agents_dir = re.search(r"Agents \(--agent; the files are in (.+)\):", out)
     assert agents_dir and (Path(agents_dir.group(1)) / "sparc.yaml").is_file()  # to copy and edit
+    # every name a curriculum's wrappers or an agent's plugins take, with what it does
+    assert re.search(r"\n  success-from-return +Reports info\[\"is_success\"\] at each episode's end", out)
+    assert re.search(r"\n  minigrid-one-hot +MiniGrid's OneHotPartialObsWrapper .{20,} \.\.\.\n", out)
+    assert re.search(r"\n  ewc +Online EWC on all trainable policy parameters", out)
 
 
 @pytest.mark.parametrize(
