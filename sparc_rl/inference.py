@@ -22,7 +22,7 @@ from sparc_rl.ppo import SparcPPO
 from sparc_rl.space_checks import describe_space
 
 
-def _space_hint(env_space: spaces.Space, model_space: spaces.Space) -> str:
+def _space_hint(env_space: spaces.Space, model_space: spaces.Space, model_actions: spaces.Space) -> str:
     if isinstance(env_space, spaces.Dict) and "image" in env_space.spaces:
         return (
             " MiniGrid envs give a dict observation: wrap the env with "
@@ -32,11 +32,12 @@ def _space_hint(env_space: spaces.Space, model_space: spaces.Space) -> str:
     if (
         isinstance(env_space, spaces.Box)
         and isinstance(model_space, spaces.Box)
-        and int(np.prod(env_space.shape)) + 1 < int(np.prod(model_space.shape))
+        and isinstance(model_actions, spaces.Discrete)
+        and int(np.prod(env_space.shape)) + int(model_actions.n) + 1 == int(np.prod(model_space.shape))
     ):
         return (
-            " The model expects more inputs: was it trained with PreviousActionRewardObservation "
-            "(previous action and reward appended)?"
+            f" The model expects {int(model_actions.n) + 1} more inputs: was it trained with "
+            "PreviousActionRewardObservation (previous action and reward appended)?"
         )
     return ""
 
@@ -54,7 +55,7 @@ def check_spaces(model_obs: spaces.Space, model_act: spaces.Space, env: gym.Env 
     if _as_the_policy_sees_it(env.observation_space) != model_obs:
         raise SpaceMismatchError(
             f"The policy expects observations {describe_space(model_obs)} but the env gives "
-            f"{describe_space(env.observation_space)}." + _space_hint(env.observation_space, model_obs)
+            f"{describe_space(env.observation_space)}." + _space_hint(env.observation_space, model_obs, model_act)
         )
     if env.action_space != model_act:
         raise SpaceMismatchError(

@@ -70,8 +70,22 @@ def test_mismatched_spaces_name_both_and_suggest_a_wrapper(saved_model):
         match=r"expects observations Box\(shape=\(2,\).* env gives Dict\(.*image: Box\(shape=\(7, 7.*MinigridImageTask",
     ):
         SparcAgent.load(saved_model, env=gym.make("SparcRL/Garden-v0"))
-    with pytest.raises(SpaceMismatchError, match=r"expects observations .* but the env gives Box\(shape=\(4,\)"):
+    with pytest.raises(
+        SpaceMismatchError, match=r"expects observations .* but the env gives Box\(shape=\(4,\), dtype=float32\)\.$"
+    ):
         SparcAgent.load(saved_model, env=gym.make("CartPole-v1"))
+
+
+def test_a_model_trained_with_the_previous_action_and_reward_says_so_on_the_bare_env(tmp_path):
+    from sparc_rl.envs import PreviousActionRewardObservation
+
+    def bare():
+        return gym.make("SparcRL/DriftingCartPole-v0", max_steps=20)
+
+    env = make_vec_env(lambda: PreviousActionRewardObservation(bare()), n_envs=2, seed=0)
+    SparcPPO("MlpSparcPolicy", env, n_steps=16, batch_size=32, policy_kwargs=dict(hidden_size=8)).save(tmp_path / "m")
+    with pytest.raises(SpaceMismatchError, match=r"expects 3 more inputs: was it trained with PreviousActionReward"):
+        SparcAgent.load(tmp_path / "m.zip", env=bare())
 
 
 def test_corrupt_and_truncated_checkpoints(saved_model, tmp_path):
