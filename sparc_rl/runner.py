@@ -35,7 +35,7 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import Figure, Logger, configure
+from stable_baselines3.common.logger import Figure, Logger, TensorBoardOutputFormat, configure
 from stable_baselines3.common.utils import set_random_seed
 from tqdm.auto import tqdm
 
@@ -377,6 +377,7 @@ class ContinualRunner:
         if not self._resuming:
             atomic_write_json(self.run_dir / "config.json", self._config())
         logger = configure(str(self.run_dir / "tb"), ["tensorboard"])
+        _add_retention_charts(logger)
         model.set_logger(logger)
         self.model = model
         total = sum(task.steps for task in self.curriculum.tasks)
@@ -600,6 +601,22 @@ class ContinualRunner:
         logger.dump(step)
         write_report(self.run_dir, self.curriculum, self.agent, self.seed, metrics, partial)
         return metrics
+
+
+def _add_retention_charts(logger: Logger) -> None:
+    """TensorBoard's Custom Scalars dashboard: every task's success (and return, and SPARC's gate) in one
+    chart each, where forgetting shows as one line falling while the next rises."""
+    layout = {
+        "retention": {
+            "success of every task": ["Multiline", [r"retention/.*/success"]],
+            "return of every task": ["Multiline", [r"retention/.*/return"]],
+        },
+        "continual": {"metrics so far": ["Multiline", [r"continual/.*"]]},
+        "sparc": {"gate mean on every task": ["Multiline", [r"sparc/gate_mean/.*"]]},
+    }
+    for output in logger.output_formats:
+        if isinstance(output, TensorBoardOutputFormat):
+            output.writer.add_custom_scalars(layout)
 
 
 def _rollout_size(model: BaseAlgorithm) -> int:

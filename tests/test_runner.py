@@ -66,6 +66,15 @@ def test_metrics_json_matches_the_logged_matrix(finished_run):
     logged = [e.value for e in events.Scalars("retention/reversed/success")]
     assert logged[-1] == pytest.approx(data["matrix"][-1][1])
     assert len(logged) == len(runner.state.history)
+    # the Custom Scalars dashboard draws every task's success in one chart
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    events = EventAccumulator(str(result.run_dir / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    layout = layout_pb2.Layout.FromString(events.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["success of every task"] == ["retention/.*/success"]
+    assert all(re.fullmatch(charts["success of every task"][0], f"retention/{task}/success") for task in data["tasks"])
 
 
 def test_memory_was_written_once_per_announced_task(finished_run):
