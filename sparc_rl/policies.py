@@ -51,8 +51,12 @@ class MinigridCNN(BaseFeaturesExtractor):
     def __init__(self, observation_space: spaces.Box, features_dim: int = 64) -> None:
         super().__init__(observation_space, features_dim)
         shape = observation_space.shape
+        if len(shape) != 3:
+            raise ConfigError(
+                f"MinigridCNN takes images (C, H, W); got observations of shape {shape}: use an MLP policy."
+            )
         # channels last: the smallest side last (SB3's own test, which moves only uint8 images' channels)
-        if len(shape) != 3 or shape[2] < min(shape[:2]):
+        if shape[2] < min(shape[:2]):
             raise ConfigError(
                 f"MinigridCNN takes channels-first images (C, H, W); got shape {shape} "
                 f"({observation_space.dtype}). SB3 moves only uint8 images' channels first: transpose "

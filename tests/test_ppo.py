@@ -751,6 +751,8 @@ def test_the_small_cnn_keeps_its_7x7_layers_and_refuses_channels_last_or_tiny_im
     ]  # fmt: skip
     with pytest.raises(ConfigError, match=r"channels-first images \(C, H, W\); got shape \(7, 7, 3\) \(float32\)"):
         CnnSparcPolicy(spaces.Box(0.0, 1.0, (7, 7, 3), np.float32), spaces.Discrete(2), lambda _: 3e-4)
+    with pytest.raises(ConfigError, match=r"takes images \(C, H, W\); got observations of shape \(5,\): use an MLP"):
+        CnnSparcPolicy(spaces.Box(0.0, 1.0, (5,), np.float32), spaces.Discrete(2), lambda _: 3e-4)
     with pytest.raises(ConfigError, match="at least 2x2 cells"):
         MinigridCNN(spaces.Box(0, 10, (3, 1, 1), np.uint8))
 
