@@ -6,8 +6,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
+from typing import Any, TextIO
 
 from sparc_rl.errors import SparcError
 
@@ -245,14 +247,37 @@ def main(argv: list[str] | None = None) -> int:
     # first as under `python -m`, so that a stray file there cannot shadow an installed package
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
-    try:
-        return int(args.func(args))
-    except SparcError as error:
-        print(f"sparc-rl: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sparc-rl: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # puts the warning display back when done (tests call main in-process)
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        try:
+            return int(args.func(args))
+        except SparcError as error:
+            print(f"sparc-rl: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("sparc-rl: interrupted", file=sys.stderr)
+            return 130
+
+
+def _one_line_warnings(show: Any) -> Any:
+    """The package's own warnings as ``sparc-rl: warning: ...`` lines, like its errors; others' warnings
+    (their source line helps there) as ``show`` prints them."""
+    package = Path(__file__).resolve().parent
+
+    def show_warning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if Path(filename).resolve().is_relative_to(package):
+            print(f"sparc-rl: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
 
 
 if __name__ == "__main__":

@@ -238,3 +238,20 @@ def test_version(capsys):
         main(["--version"])
     assert exited.value.code == 0 and capsys.readouterr().out == f"sparc-rl {sparc_rl.__version__}\n"
     assert re.fullmatch(r"\d+\.\d+\.\d+", sparc_rl.__version__)
+
+
+def test_the_packages_warnings_are_one_line_each_like_its_errors(tmp_path, capsys):
+    import warnings
+
+    import yaml
+
+    curriculum = {"name": "stock", "eval_episodes": 2, "tasks": [{"name": "pole", "env": "CartPole-v1", "steps": 64}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))
+    shown_before = warnings.showwarning
+    argv = ["train", "--curriculum", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "sparc-rl: warning: Budgets under one rollout" in err
+    assert "sparc-rl: warning: Task 'pole' (CartPole-v1) reports no info['is_success']" in err
+    assert "UserWarning" not in err and "runner.py" not in err
+    assert warnings.showwarning is shown_before  # put back for whoever called main
