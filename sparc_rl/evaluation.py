@@ -10,6 +10,20 @@ import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sparc_rl.curriculum import Curriculum, TaskSpec
+from sparc_rl.errors import ConfigError
+
+#: steps after which an episode that has not ended is taken for one that never will: an env without a
+#: time limit would otherwise stall evaluation for good
+EPISODE_STEP_LIMIT = 100_000
+
+
+def check_episode_lengths(lengths: np.ndarray, what: str) -> None:
+    """Raise :class:`ConfigError` if an episode has run :data:`EPISODE_STEP_LIMIT` steps."""
+    if int(np.max(lengths)) >= EPISODE_STEP_LIMIT:
+        raise ConfigError(
+            f"{what}: an episode ran {EPISODE_STEP_LIMIT} steps without ending. Give the env a time limit: "
+            "'max_episode_steps: N' in the task's kwargs (gym.make adds a TimeLimit), or end its episodes."
+        )
 
 
 class RecurrentPredictor(Protocol):
@@ -56,6 +70,7 @@ def evaluate_task(
         starts = np.ones(n_envs, dtype=bool)
         done_counts = np.zeros(n_envs, dtype=int)
         returns = np.zeros(n_envs)
+        lengths = np.zeros(n_envs, dtype=int)
         successes: list[float] = []
         episode_returns: list[float] = []
         reported = False
@@ -63,6 +78,7 @@ def evaluate_task(
             actions, state = model.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
             obs, rewards, dones, infos = env.step(actions)
             returns += rewards
+            lengths += 1
             for i in np.flatnonzero(dones):
                 if done_counts[i] < quotas[i]:
                     reported = reported or "is_success" in infos[i]
@@ -70,6 +86,8 @@ def evaluate_task(
                     episode_returns.append(float(returns[i]))
                     done_counts[i] += 1
                 returns[i] = 0.0
+            lengths[dones] = 0
+            check_episode_lengths(lengths, f"Evaluating task {task.name!r} ({task.env_id})")
             starts = dones
     finally:
         env.close()

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from sparc_rl.buffers import RecurrentRolloutBuffer
 from sparc_rl.errors import ConfigError
+from sparc_rl.evaluation import check_episode_lengths
 from sparc_rl.plugins import ContinualPlugin
 from sparc_rl.policies import CnnSparcPolicy, MlpSparcPolicy, SparcActorCriticPolicy
 from sparc_rl.space_checks import check_flat_observations
@@ -446,14 +447,18 @@ class SparcPPO(PPO):
         state = self.policy.initial_state(env.num_envs)
         starts = th.ones(env.num_envs, device=self.device)
         running = np.zeros(env.num_envs)
+        lengths = np.zeros(env.num_envs, dtype=int)
         returns: list[float] = []
         while len(returns) < episodes:
             actions, _, _, state = self.policy.forward_step(obs_as_tensor(obs, self.device), state, starts)  # type: ignore[arg-type]
             obs, rewards, dones, _ = env.step(self._env_actions(actions.cpu().numpy()))
             self.num_timesteps += env.num_envs
             running += rewards
+            lengths += 1
             returns.extend(running[dones].tolist())
             running[dones] = 0.0
+            lengths[dones] = 0
+            check_episode_lengths(lengths, f"Choosing how task {self.current_task!r} starts (transfer_episodes)")
             starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
         return float(np.mean(returns[:episodes]))
 

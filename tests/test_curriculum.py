@@ -295,3 +295,39 @@ def test_the_success_wrapper_without_a_threshold_needs_a_registered_one():
                 "p",
             )
         )
+
+
+class _Endless(gym.Env):
+    """Never terminates, and is registered without a time limit."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def test_an_env_whose_episodes_never_end_stops_evaluation_with_the_fix_instead_of_stalling(monkeypatch):
+    from sparc_rl import SparcPPO, evaluation
+    from sparc_rl.evaluation import evaluate_task
+
+    if "Tests/Endless-v0" not in gym.registry:
+        gym.register("Tests/Endless-v0", entry_point=_Endless)
+    monkeypatch.setattr(evaluation, "EPISODE_STEP_LIMIT", 50)
+    task_data = {"name": "endless", "env": "Tests/Endless-v0", "steps": 64}
+    (task,) = parse_curriculum({"name": "e", "tasks": [task_data]}, "e").tasks
+    with pytest.raises(ConfigError, match=r"Evaluating task 'endless' \(Tests/Endless-v0\): an episode ran 50 steps"):
+        evaluate_task(_RandomActions(), task, n_episodes=2, seed=0)
+    model = SparcPPO("MlpSparcPolicy", task.make_env(), n_steps=16, batch_size=16, transfer_episodes=2)
+    model.start_task("endless")
+    with pytest.raises(ConfigError, match=r"starts \(transfer_episodes\): an episode ran 50 steps.*max_episode_steps"):
+        model._mean_return(model.get_env(), 2)
+    # the fix the message names
+    (limited,) = parse_curriculum({"name": "e", "tasks": [{**task_data, "kwargs": {"max_episode_steps": 20}}]}).tasks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no success information here
+        assert evaluate_task(_RandomActions(), limited, n_episodes=2, seed=0).mean_return == 0.0
