@@ -3,7 +3,14 @@
 from importlib.metadata import version as _version
 
 from sparc_rl.cores import GRUCore, LSTMCore, RecurrentCore, SparcCore, make_core
-from sparc_rl.errors import CheckpointError, ConfigError, SpaceMismatchError, SparcError, TrainingDivergedError
+from sparc_rl.errors import (
+    CheckpointError,
+    ConfigError,
+    RunStoppedError,
+    SpaceMismatchError,
+    SparcError,
+    TrainingDivergedError,
+)
 from sparc_rl.plugins import BehaviourCloning, ContinualPlugin, NoveltyBoundaryDetector, OnlineEWC
 from sparc_rl.policies import CnnSparcPolicy, MinigridCNN, MlpSparcPolicy, SparcActorCriticPolicy
 from sparc_rl.ppo import SparcPPO
@@ -23,6 +30,7 @@ __all__ = [
     "NoveltyBoundaryDetector",
     "OnlineEWC",
     "RecurrentCore",
+    "RunStoppedError",
     "SpaceMismatchError",
     "SparcActorCriticPolicy",
     "SparcCore",

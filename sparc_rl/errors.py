@@ -19,3 +19,7 @@ class SpaceMismatchError(SparcError, ValueError):
 
 class TrainingDivergedError(SparcError):
     """Losses, states or gate values became NaN or infinite; the run stopped at its last good checkpoint."""
+
+
+class RunStoppedError(SparcError):
+    """The machine failed a run (a full disk, a folder removed); its last committed evaluation is kept."""

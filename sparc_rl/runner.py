@@ -25,6 +25,7 @@ import math
 import shlex
 import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,7 +43,7 @@ from tqdm.auto import tqdm
 from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import AgentSpec, load_agent
 from sparc_rl.curriculum import Curriculum, TaskSpec, check_task_spaces, load_curriculum
-from sparc_rl.errors import CheckpointError, ConfigError, TrainingDivergedError
+from sparc_rl.errors import CheckpointError, ConfigError, RunStoppedError, TrainingDivergedError
 from sparc_rl.evaluation import evaluate_curriculum, evaluate_task
 from sparc_rl.inference import check_spaces, load_saved_model
 from sparc_rl.io import atomic_write_json, atomic_write_text, check_checkpoint_file, save_model_atomically, versions
@@ -394,6 +395,14 @@ class ContinualRunner:
             raise TrainingDivergedError(
                 f"Training stopped: {error} Last good checkpoint (before the fault): {last}; "
                 f"lower the learning rate in the agent file, then start a new run or resume {self.run_dir}."
+            ) from None
+        except OSError as error:
+            bar.close()
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            raise RunStoppedError(
+                f"The run stopped on {type(error).__name__}: {error} (at {where.filename}:{where.lineno}). Its "
+                f"last committed evaluation is kept ({self.state.checkpoint or 'no checkpoint yet'}): fix the "
+                f"cause, then continue with `sparc-rl train --resume {self.run_dir}`."
             ) from None
         except KeyboardInterrupt:
             bar.close()

@@ -21,7 +21,7 @@ from sparc_rl import SparcPPO
 from sparc_rl.agents import parse_agent
 from sparc_rl.cli import main
 from sparc_rl.curriculum import parse_curriculum
-from sparc_rl.errors import CheckpointError
+from sparc_rl.errors import CheckpointError, RunStoppedError
 from sparc_rl.io import atomic_write_text
 from sparc_rl.runner import ContinualRunner, RunResult
 from sparc_rl.snapshot import load_snapshot, save_snapshot
@@ -373,3 +373,31 @@ def test_files_written_through_a_temporary_file_get_the_usual_permissions(tmp_pa
         os.umask(old)
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == mode
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_a_full_disk_stops_the_run_with_one_message_and_resume_continues_it_exactly(tmp_path, monkeypatch, capsys):
+    agent = tiny_agent_data("lstm")
+    uninterrupted = _run_of(agent, tmp_path / "whole")
+    uninterrupted.run()
+    commit = ContinualRunner._commit
+    commits = []
+
+    def disk_fills_up_at_the_third_commit(self, model):
+        commits.append(model.num_timesteps)
+        if len(commits) == 3:
+            raise OSError(28, "No space left on device")
+        commit(self, model)
+
+    monkeypatch.setattr(ContinualRunner, "_commit", disk_fills_up_at_the_third_commit)
+    stopped = _run_of(agent, tmp_path / "split")
+    with pytest.raises(
+        RunStoppedError, match=r"OSError: \[Errno 28\] No space left on device \(at .*test_reliability\.py:\d+\)"
+    ) as caught:
+        stopped.run()
+    message = str(caught.value)
+    assert "last committed evaluation is kept (checkpoints/step-" in message
+    assert f"sparc-rl train --resume {tmp_path / 'split'}" in message and "\n" not in message
+    monkeypatch.setattr(ContinualRunner, "_commit", commit)
+    resumed = ContinualRunner.resume(tmp_path / "split", progress=False)
+    resumed.run()
+    _assert_same_run(uninterrupted, resumed)
