@@ -161,12 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train an agent through a curriculum, evaluating every task")
-    train.add_argument("--curriculum", default="cartpole-drift", help="built-in name or YAML path")
-    train.add_argument("--agent", default="sparc", help="built-in preset name or YAML path")
+    train.add_argument(
+        "--curriculum", default="cartpole-drift", help="built-in name or YAML path (default %(default)s)"
+    )
+    train.add_argument("--agent", default="sparc", help="built-in preset name or YAML path (default %(default)s)")
     train.add_argument("--steps-per-task", type=int, default=None, help="override every task's budget")
-    train.add_argument("--seed", type=int, default=0, help="fixes the whole run: model, envs and evaluation episodes")
+    train.add_argument(
+        "--seed", type=int, default=0, help="fixes the whole run: model, envs and evaluation episodes (default 0)"
+    )
     train.add_argument("--run-dir", default=None, help="output folder (default: runs/<curriculum>-<agent>-...)")
-    train.add_argument("--eval-episodes", type=int, default=None, help="episodes per task per evaluation")
+    train.add_argument(
+        "--eval-episodes", type=int, default=None, help="episodes per task per evaluation (default: the curriculum's)"
+    )
     train.add_argument(
         "--reference",
         action="store_true",
