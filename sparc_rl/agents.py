@@ -15,6 +15,7 @@ from sparc_rl.config import (
     builtin_names,
     check_keys,
     check_settings,
+    file_safe_name,
     import_named_module,
     read_yaml_mapping,
     resolve_file,
@@ -227,7 +228,7 @@ def parse_agent(data: dict[str, Any], source: str = "<dict>") -> AgentSpec:
     if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs <= 0:
         raise ConfigError(f"{where}: 'n_envs' must be a positive integer, got {n_envs!r}.")
     return AgentSpec(
-        name=str(data["name"]),
+        name=file_safe_name(data["name"], where, "the agent's name"),
         description=str(data.get("description", "")),
         algorithm=algorithm,
         policy=str(data.get("policy", "auto")),

@@ -51,6 +51,17 @@ def resolve_file(name_or_path: str | Path, kind: str, what: str) -> Path:
     )
 
 
+def file_safe_name(value: Any, where: str, key: str = "name") -> str:
+    """A name that also names files and folders (run folders, ``task-<i>-<name>.zip``) and TensorBoard
+    tags: text without path separators."""
+    name = str(value)
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(
+            f"{where}: {key} {name!r} must be non-empty text without '/' or '\\': it names files and folders."
+        )
+    return name
+
+
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())

@@ -15,6 +15,7 @@ from sparc_rl.config import (
     builtin_names,
     check_keys,
     check_settings,
+    file_safe_name,
     import_named_module,
     read_yaml_mapping,
     resolve_file,
@@ -216,7 +217,7 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
             raise ConfigError(f"{task_where}: 'wrappers' must be a list.")
         tasks.append(
             TaskSpec(
-                name=str(raw["name"]),
+                name=file_safe_name(raw["name"], task_where, "the task name"),
                 env_id=check_env_id(raw["env"], task_where),
                 kwargs=dict(kwargs),
                 wrappers=tuple(_parse_wrapper(w, task_where) for w in wrappers),
@@ -240,7 +241,7 @@ def parse_curriculum(data: dict[str, Any], source: str = "<dict>") -> Curriculum
 
     check_settings(algorithm_kwargs, SparcPPO, set(), f"{where}: algorithm_kwargs")
     return Curriculum(
-        name=str(data["name"]),
+        name=file_safe_name(data["name"], where, "the curriculum's name"),
         tasks=tuple(tasks),
         boundary=boundary,
         description=str(data.get("description", "")),

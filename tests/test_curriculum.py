@@ -58,6 +58,10 @@ def _broken(mutate):
         (lambda d: d.update(boundary="sometimes"), "'boundary' must be one of"),
         (lambda d: d.update(tasks=[]), "'tasks' must be a non-empty list"),
         (lambda d: d["tasks"][1].update(name="short"), "task names must be unique"),
+        # names name files: checkpoints/task-<i>-<name>.zip, runs/<curriculum>-<agent>-...
+        (lambda d: d["tasks"][1].update(name="easy/1"), "task 'easy/1': the task name 'easy/1' must be non-empty text"),
+        (lambda d: d["tasks"][1].update(name=" "), "the task name ' ' must be non-empty text without '/'"),
+        (lambda d: d.update(name="../up"), "the curriculum's name '../up' must be non-empty text without '/'"),
         (lambda d: d["tasks"][0].update(wrappers=["sparkle"]), "unknown wrapper 'sparkle'"),
         (lambda d: d.update(algorithm_kwargs=[10]), "'algorithm_kwargs' must be a mapping"),
         (lambda d: d.update(algorithm_kwargs={"seq_len": 8}), "'algorithm_kwargs' cannot set \\['seq_len'\\]"),
@@ -108,6 +112,8 @@ def test_agent_validation():
         parse_agent({"name": "a", "polcy": "x"})
     with pytest.raises(ConfigError, match="Unknown agent 'sparcc'. Did you mean 'sparc'"):
         load_agent("sparcc")
+    with pytest.raises(ConfigError, match=r"the agent's name 'my\\\\agent' must be non-empty text without"):
+        parse_agent({"name": "my\\agent"})
 
 
 @pytest.mark.parametrize(
