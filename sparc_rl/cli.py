@@ -80,6 +80,8 @@ def _play(args: argparse.Namespace) -> int:
         args.record,
         args.seed,
         deterministic=not args.stochastic,
+        task=args.task,
+        curriculum=args.curriculum,
     )
     for index, value in enumerate(returns):
         print(f"episode {index}: return {value:.2f}")
@@ -203,7 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     play = sub.add_parser("play", help="run a saved policy in a registered env, optionally recording it")
     play.add_argument("--model", required=True, help="a checkpoint zip, e.g. RUN_DIR/checkpoints/task-0-<name>.zip")
     play.add_argument(
-        "--env", required=True, help='registered Gymnasium id, or "module:EnvId" to import the module that registers it'
+        "--env",
+        default=None,
+        help='registered Gymnasium id, or "module:EnvId" to import the module that registers it (default: a '
+        "task of the curriculum, see --task)",
+    )
+    play.add_argument(
+        "--task",
+        default=None,
+        help="play in this task of the curriculum, with its kwargs and wrappers (default: the task a "
+        "task-<i>-<name>.zip checkpoint ended)",
+    )
+    play.add_argument(
+        "--curriculum", default=None, help="built-in name or YAML path of --task's curriculum (default: the run's)"
     )
     play.add_argument("--env-kwargs", default=None, help='JSON object, e.g. \'{"season": "winter"}\'')
     play.add_argument("--wrappers", default=None, help="comma-separated wrapper names, as in curriculum files")

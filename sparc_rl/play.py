@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
-from sparc_rl.curriculum import NAMED_WRAPPERS, check_env_id
+from sparc_rl.curriculum import NAMED_WRAPPERS, TaskSpec, check_env_id, load_curriculum
 from sparc_rl.errors import ConfigError
 from sparc_rl.inference import SparcAgent
 
@@ -23,21 +24,55 @@ def make_play_env(env_id: str, env_kwargs: dict[str, Any], wrappers: list[str], 
     except Exception as error:  # a bad kwarg name or value: the env's own reason, not a traceback
         raise ConfigError(f"Cannot make {env_id!r} with kwargs {env_kwargs}: {error}") from None
     for name in wrappers:
-        env = NAMED_WRAPPERS[name](env)
+        try:
+            env = NAMED_WRAPPERS[name](env)
+        except TypeError as error:  # a wrapper that needs settings, which --wrappers cannot give
+            raise ConfigError(
+                f"Wrapper {name!r} needs settings ({error}); play a curriculum task with its wrappers "
+                "and their settings instead: --task NAME."
+            ) from None
     return env
+
+
+def task_for_checkpoint(model_path: str | Path, task_name: str | None, curriculum: str | Path | None) -> TaskSpec:
+    """The curriculum task to play a checkpoint in: ``task_name`` (default: the task a
+    ``task-<i>-<name>.zip`` checkpoint ended) of ``curriculum`` (default: the run's)."""
+    from sparc_rl.runner import run_curriculum
+
+    loaded = load_curriculum(curriculum) if curriculum is not None else run_curriculum(model_path)
+    if loaded is None:
+        raise ConfigError(
+            f"{str(model_path)!r} is not in a run folder (RUN_DIR/checkpoints/): give --env, or --task "
+            "with --curriculum."
+        )
+    if task_name is None:
+        match = re.fullmatch(r"task-(\d+)-(.+)\.zip", Path(model_path).name)
+        if match is None or int(match[1]) >= len(loaded.tasks):
+            raise ConfigError(f"Name the task to play with --task: one of {loaded.task_names}.")
+        return loaded.tasks[int(match[1])]
+    for task in loaded.tasks:
+        if task.name == task_name:
+            return task
+    raise ConfigError(f"Curriculum {loaded.name!r} has no task {task_name!r}; its tasks: {loaded.task_names}.")
 
 
 def play(
     model_path: str | Path,
-    env_id: str,
+    env_id: str | None,
     episodes: int,
     env_kwargs: dict[str, Any],
     wrappers: list[str],
     record: str | None = None,
     seed: int = 0,
     deterministic: bool = True,
+    task: str | None = None,
+    curriculum: str | Path | None = None,
 ) -> list[float]:
-    """Episode returns of the policy; frames go to ``record`` (.gif or .mp4) when given."""
+    """Episode returns of the policy; frames go to ``record`` (.gif or .mp4) when given.
+
+    :param env_id: the env to play in, with ``env_kwargs`` and ``wrappers``; ``None``: a curriculum
+        task's env, as :func:`task_for_checkpoint` finds it from ``task`` and ``curriculum``
+    """
     if episodes <= 0:
         raise ConfigError(f"--episodes must be positive, got {episodes}.")
     if seed < 0:
@@ -51,7 +86,15 @@ def play(
             f"--record {record!r}: writing .mp4 needs imageio's ffmpeg plugin: pip install imageio-ffmpeg "
             "(or record a .gif, which always works)."
         )
-    env = make_play_env(env_id, env_kwargs, wrappers, "rgb_array" if record else None)
+    render_mode = "rgb_array" if record else None
+    if env_id is not None:
+        if task is not None:
+            raise ConfigError("Give --env (with --env-kwargs and --wrappers) or --task, not both.")
+        env = make_play_env(env_id, env_kwargs, wrappers, render_mode)
+    else:
+        if env_kwargs or wrappers:
+            raise ConfigError("--env-kwargs and --wrappers go with --env; a --task brings its own.")
+        env = task_for_checkpoint(model_path, task, curriculum).make_env(render_mode)
     agent = SparcAgent.load(model_path, env=env, deterministic=deterministic)
     frames: list[Any] = []
     returns: list[float] = []

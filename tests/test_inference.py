@@ -1,6 +1,7 @@
 import io
 import sys
 import zipfile
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -240,3 +241,34 @@ def test_an_image_run_is_evaluated_on_its_own_curriculum_and_played_in_the_raw_e
     (run / "config.json").write_text("{")
     assert main(["eval", "--model", str(checkpoint)]) == 2
     assert "Cannot read the curriculum of the run" in capsys.readouterr().err
+
+
+def test_play_takes_a_task_of_the_checkpoints_run_with_its_kwargs_and_wrappers(tmp_path, capsys):
+    import yaml
+
+    from sparc_rl.runner import ContinualRunner
+    from tests.conftest import tiny_agent, tiny_curriculum, tiny_curriculum_dict
+
+    run = tmp_path / "run"
+    ContinualRunner(tiny_curriculum(), tiny_agent("lstm"), run_dir=run, progress=False).run()
+    # the tiny tasks append the previous action and reward: the bare env would not fit the model
+    second = str(run / "checkpoints" / "task-1-reversed.zip")
+    assert main(["play", "--model", second, "--episodes", "1", "--record", str(tmp_path / "r.gif")]) == 0
+    assert "mean return over 1 episodes" in capsys.readouterr().out and (tmp_path / "r.gif").stat().st_size > 0
+    assert main(["play", "--model", second, "--task", "short", "--episodes", "1"]) == 0
+    for argv, message in (
+        (["--task", "long"], "Curriculum 'tiny' has no task 'long'; its tasks: ['short', 'reversed']"),
+        (["--task", "short", "--env", "CartPole-v1"], "Give --env (with --env-kwargs and --wrappers) or --task"),
+        (["--wrappers", "previous-action-reward"], "--env-kwargs and --wrappers go with --env"),
+        (["--env", "CartPole-v1", "--wrappers", "gradual-drift"], "Wrapper 'gradual-drift' needs settings"),
+    ):
+        assert main(["play", "--model", second, *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    loose = tmp_path / "loose.zip"
+    loose.write_bytes(Path(second).read_bytes())
+    assert main(["play", "--model", str(loose)]) == 2
+    assert "is not in a run folder (RUN_DIR/checkpoints/): give --env, or --task" in capsys.readouterr().err
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
+    argv = ["play", "--model", str(loose), "--task", "short", "--curriculum", str(tmp_path / "tiny.yaml")]
+    assert main([*argv, "--episodes", "1"]) == 0
