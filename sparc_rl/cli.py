@@ -34,6 +34,7 @@ def _train(args: argparse.Namespace) -> int:
             eval_episodes=args.eval_episodes,
             reference=args.reference,
             progress=not args.no_progress,
+            vec_env=args.vec_env,
         )
     result = runner.run()
     metrics = result.metrics
@@ -187,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="torch threads (default 1: fastest for these small networks on a laptop CPU)",
+    )
+    train.add_argument(
+        "--vec-env",
+        choices=["dummy", "subproc"],
+        default="dummy",
+        help="dummy (default): the training envs step one after another in this process; subproc: each in its "
+        "own process (SB3's SubprocVecEnv), faster for slow envs on many cores, with the same results, but a "
+        "run resumed inside a task continues with fresh random draws",
     )
     train.set_defaults(func=_train)
 

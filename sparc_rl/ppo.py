@@ -236,6 +236,7 @@ class SparcPPO(PPO):
                 actions, values, log_probs, new_state = self.policy.forward_step(obs_tensor, state, starts)
             actions_np = actions.cpu().numpy()
             new_obs, rewards, dones, infos = env.step(self._env_actions(actions_np))
+            rewards = _as_float32(rewards)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
@@ -453,7 +454,7 @@ class SparcPPO(PPO):
             actions, _, _, state = self.policy.forward_step(obs_as_tensor(obs, self.device), state, starts)  # type: ignore[arg-type]
             obs, rewards, dones, _ = env.step(self._env_actions(actions.cpu().numpy()))
             self.num_timesteps += env.num_envs
-            running += rewards
+            running += _as_float32(rewards)
             lengths += 1
             returns.extend(running[dones].tolist())
             running[dones] = 0.0
@@ -534,3 +535,9 @@ class SparcPPO(PPO):
         progress_bar: bool = False,
     ) -> SelfSparcPPO:
         return super().learn(total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+
+
+def _as_float32(rewards: np.ndarray) -> np.ndarray:
+    """Rewards as SB3's DummyVecEnv returns them; its SubprocVecEnv returns float64, which would make the
+    same run train differently in the last bits."""
+    return np.asarray(rewards, dtype=np.float32)

@@ -38,6 +38,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Figure, Logger, TensorBoardOutputFormat, configure
 from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from tqdm.auto import tqdm
 
 from sparc_rl import metrics as metric_fns
@@ -55,6 +56,9 @@ STATE_VERSION = 1
 #: the largest run seed: the seeds derived from it for each task's training and evaluation
 #: (``seed * 10007 + ...``) must stay below 2**32 for numpy
 MAX_SEED = 400_000
+#: how the training envs of a run are stepped: one after another in this process (SB3's DummyVecEnv),
+#: or each in its own process (SubprocVecEnv: faster for slow envs on many cores; the same results)
+VEC_ENVS: dict[str, type[DummyVecEnv] | type[SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 HistoryRow = tuple[int, int, list[float]]
 
 
@@ -198,6 +202,7 @@ class ContinualRunner:
         reference_agent: str | Path | AgentSpec | None = None,
         progress: bool = True,
         command: str | None = None,
+        vec_env: str = "dummy",
     ) -> None:
         if isinstance(curriculum, Curriculum):
             check_task_spaces(curriculum)  # as load_curriculum does for a name or file
@@ -222,6 +227,9 @@ class ContinualRunner:
             )
         self.progress = progress
         self.command = command or " ".join(shlex.quote(arg) for arg in sys.argv)
+        if vec_env not in VEC_ENVS:
+            raise ConfigError(f"--vec-env must be one of {list(VEC_ENVS)}, got {vec_env!r}.")
+        self.vec_env = vec_env
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(self.curriculum.name, self.agent.name, seed)
         self.model: BaseAlgorithm | None = None
         self.state = RunState()
@@ -263,6 +271,7 @@ class ContinualRunner:
             else None,
             progress=progress,
             command=config.get("command"),
+            vec_env=config.get("vec_env", "dummy"),
         )
         runner.state = state
         runner._resuming = True
@@ -275,7 +284,9 @@ class ContinualRunner:
 
     def _make_train_env(self, stage: int) -> Any:
         task = self.curriculum.tasks[stage]
-        return make_vec_env(task.make_env, n_envs=self.agent.n_envs, seed=self._stage_seed(stage))
+        return make_vec_env(
+            task.make_env, n_envs=self.agent.n_envs, seed=self._stage_seed(stage), vec_env_cls=VEC_ENVS[self.vec_env]
+        )
 
     def _eval_seed(self) -> int:
         return self.seed * 10007 + 1
@@ -299,6 +310,7 @@ class ContinualRunner:
             **self.experiment(),
             "reference": self.reference,
             "reference_agent": self.reference_agent.to_dict(),
+            "vec_env": self.vec_env,
             "command": self.command,
             "versions": versions(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -414,6 +426,9 @@ class ContinualRunner:
                 file=sys.stderr,
             )
             raise
+        finally:
+            if self.vec_env == "subproc":  # their processes end with them
+                model.get_env().close()  # type: ignore[union-attr]
         bar.close()
         metrics = self._write_outputs(logger, partial=False)
         logger.close()
@@ -464,7 +479,10 @@ class ContinualRunner:
         announced = self.curriculum.boundary == "announced"
         resuming_inside = self.state.steps_in_stage > 0
         if stage != self._env_stage:
+            previous = model.get_env()
             model.set_env(self._make_train_env(stage))
+            if previous is not None:
+                previous.close()  # subprocess envs would keep their processes
             self._env_stage = stage
         if not resuming_inside:
             # each task starts from its own seed, so a run resumed at a task boundary continues exactly

@@ -401,3 +401,27 @@ def test_a_full_disk_stops_the_run_with_one_message_and_resume_continues_it_exac
     resumed = ContinualRunner.resume(tmp_path / "split", progress=False)
     resumed.run()
     _assert_same_run(uninterrupted, resumed)
+
+
+def test_subprocess_envs_give_the_same_run_and_close_their_processes(tmp_path):
+    import multiprocessing
+
+    agent = tiny_agent_data("lstm")
+    in_process = _run_of(agent, tmp_path / "dummy")
+    in_process.run()
+    curriculum = tiny_curriculum_dict()
+    curriculum["eval_every"] = 4
+    subprocesses = ContinualRunner(
+        parse_curriculum(curriculum, "tiny"),
+        parse_agent(agent),
+        seed=3,
+        run_dir=tmp_path / "subproc",
+        progress=False,
+        vec_env="subproc",
+    )
+    with pytest.warns(UserWarning, match="cannot be pickled"):  # no exact resume inside a task
+        subprocesses.run()
+    _assert_same_run(in_process, subprocesses)
+    assert not multiprocessing.active_children()
+    assert json.loads((tmp_path / "subproc" / "config.json").read_text())["vec_env"] == "subproc"
+    assert ContinualRunner.resume(tmp_path / "subproc").vec_env == "subproc"
