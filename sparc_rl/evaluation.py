@@ -74,6 +74,7 @@ def evaluate_task(
         successes: list[float] = []
         episode_returns: list[float] = []
         reported = False
+        evaluating = f"Evaluating task {task.name!r} ({task.env_id})"
         while (done_counts < quotas).any():
             actions, state = model.predict(obs, state=state, episode_start=starts, deterministic=deterministic)
             obs, rewards, dones, infos = env.step(actions)
@@ -87,7 +88,7 @@ def evaluate_task(
                     done_counts[i] += 1
                 returns[i] = 0.0
             lengths[dones] = 0
-            check_episode_lengths(lengths, f"Evaluating task {task.name!r} ({task.env_id})")
+            check_episode_lengths(lengths, evaluating)
             starts = dones
     finally:
         env.close()

@@ -450,6 +450,7 @@ class SparcPPO(PPO):
         running = np.zeros(env.num_envs)
         lengths = np.zeros(env.num_envs, dtype=int)
         returns: list[float] = []
+        choosing = f"Choosing how task {self.current_task!r} starts (transfer_episodes)"
         while len(returns) < episodes:
             actions, _, _, state = self.policy.forward_step(obs_as_tensor(obs, self.device), state, starts)  # type: ignore[arg-type]
             obs, rewards, dones, _ = env.step(self._env_actions(actions.cpu().numpy()))
@@ -459,7 +460,7 @@ class SparcPPO(PPO):
             returns.extend(running[dones].tolist())
             running[dones] = 0.0
             lengths[dones] = 0
-            check_episode_lengths(lengths, f"Choosing how task {self.current_task!r} starts (transfer_episodes)")
+            check_episode_lengths(lengths, choosing)
             starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
         return float(np.mean(returns[:episodes]))
 

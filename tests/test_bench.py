@@ -68,7 +68,7 @@ def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path, monkeypatch
         "from sparc_rl.plugins import ContinualPlugin\n"
         "class CrashAtTaskEnd(ContinualPlugin):\n"
         "    def on_task_end(self, model, task):\n"
-        "        raise OSError('disk full')\n"
+        "        raise RuntimeError('a bug in the plugin')\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     good = tiny_agent_data("gru", name="good")
@@ -96,7 +96,7 @@ def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path, monkeypatch
         == 0
     )
     table = (out / "results.md").read_text()
-    assert "| good | 1 |" in table and "bad.yaml seed 0: OSError: disk full" in table
+    assert "| good | 1 |" in table and "bad.yaml seed 0: RuntimeError: a bug in the plugin" in table
 
 
 def test_an_agent_that_cannot_train_on_the_curriculum_stops_the_bench_before_anything_runs(tmp_path, capsys):

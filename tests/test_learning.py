@@ -42,10 +42,11 @@ gym.register("Test/CueMemory-v0", entry_point=CueMemoryEnv)
 
 class _Task:
     name = "cue"
+    env_id = "Test/CueMemory-v0"
 
     @staticmethod
     def make_env():
-        return gym.make("Test/CueMemory-v0")
+        return gym.make(_Task.env_id)
 
 
 @pytest.mark.slow
