@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dummy", "subproc"],
         default="dummy",
         help="dummy (default): the training envs step one after another in this process; subproc: each in its "
-        "own process (SB3's SubprocVecEnv), faster for slow envs on many cores, with the same results, but a "
-        "run resumed inside a task continues with fresh random draws",
+        "own process (SB3's SubprocVecEnv), meant for slow envs on machines with cores to spare; the same "
+        "results, but a run resumed inside a task continues with fresh random draws",
     )
     train.set_defaults(func=_train)
 

@@ -57,7 +57,8 @@ STATE_VERSION = 1
 #: (``seed * 10007 + ...``) must stay below 2**32 for numpy
 MAX_SEED = 400_000
 #: how the training envs of a run are stepped: one after another in this process (SB3's DummyVecEnv),
-#: or each in its own process (SubprocVecEnv: faster for slow envs on many cores; the same results)
+#: or each in its own process (SubprocVecEnv, meant for slow envs on machines with cores to spare; the
+#: same results)
 VEC_ENVS: dict[str, type[DummyVecEnv] | type[SubprocVecEnv]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 HistoryRow = tuple[int, int, list[float]]
 
