@@ -42,8 +42,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from tqdm.auto import tqdm
 
 from sparc_rl import metrics as metric_fns
-from sparc_rl.agents import AgentSpec, load_agent
-from sparc_rl.curriculum import Curriculum, TaskSpec, check_task_spaces, load_curriculum
+from sparc_rl.agents import AgentSpec, load_agent, parse_agent
+from sparc_rl.curriculum import Curriculum, TaskSpec, check_task_spaces, load_curriculum, parse_curriculum
 from sparc_rl.errors import CheckpointError, ConfigError, RunStoppedError, TrainingDivergedError
 from sparc_rl.evaluation import evaluate_curriculum, evaluate_task
 from sparc_rl.inference import check_spaces, load_saved_model
@@ -193,8 +193,8 @@ class ContinualRunner:
 
     def __init__(
         self,
-        curriculum: str | Path | Curriculum = "cartpole-drift",
-        agent: str | Path | AgentSpec = "sparc",
+        curriculum: str | Path | Curriculum | dict[str, Any] = "cartpole-drift",
+        agent: str | Path | AgentSpec | dict[str, Any] = "sparc",
         steps_per_task: int | None = None,
         seed: int = 0,
         run_dir: str | Path | None = None,
@@ -205,6 +205,10 @@ class ContinualRunner:
         command: str | None = None,
         vec_env: str = "dummy",
     ) -> None:
+        if isinstance(curriculum, dict):  # as a curriculum file holds it
+            curriculum = parse_curriculum(curriculum)
+        if isinstance(agent, dict):
+            agent = parse_agent(agent)
         if isinstance(curriculum, Curriculum):
             check_task_spaces(curriculum)  # as load_curriculum does for a name or file
             self.curriculum = curriculum
@@ -246,9 +250,6 @@ class ContinualRunner:
     @classmethod
     def resume(cls, run_dir: str | Path, progress: bool = True) -> ContinualRunner:
         """Continue an interrupted run from its last committed evaluation."""
-        from sparc_rl.agents import parse_agent
-        from sparc_rl.curriculum import parse_curriculum
-
         run_dir = Path(run_dir)
         config_path, state_path = run_dir / "config.json", run_dir / "state.json"
         if not config_path.is_file() or not state_path.is_file():
@@ -665,8 +666,6 @@ def _json_safe(value: Any) -> Any:
 def run_curriculum(model_path: str | Path) -> Curriculum | None:
     """The curriculum of the run a checkpoint belongs to (``RUN_DIR/checkpoints/<name>.zip``, read from
     ``RUN_DIR/config.json``), or ``None`` for a checkpoint outside a run directory."""
-    from sparc_rl.curriculum import parse_curriculum
-
     path = Path(model_path)
     config_path = path.parent.parent / "config.json"
     if path.parent.name != "checkpoints" or not config_path.is_file():

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sparc_rl.curriculum import parse_curriculum
 from sparc_rl.errors import ConfigError
 from sparc_rl.runner import ContinualRunner
-from tests.conftest import tiny_agent, tiny_curriculum, tiny_curriculum_dict
+from tests.conftest import tiny_agent, tiny_agent_data, tiny_curriculum, tiny_curriculum_dict
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,13 @@ def test_a_budget_under_one_rollout_is_announced(tmp_path, capsys):
         result = runner.run()
     assert result.env_steps == 256 + 64
     assert "100%|" in capsys.readouterr().err.split("\r")[-1]  # the bar counts the whole rollout it trained
+
+
+def test_a_runner_takes_the_curriculum_and_agent_as_the_dicts_their_files_hold(tmp_path):
+    curriculum, agent = tiny_curriculum_dict(), tiny_agent_data("gru")
+    result = ContinualRunner(curriculum, agent, run_dir=tmp_path / "run", progress=False).run()
+    assert result.tasks == ["short", "reversed"] and len(result.matrix) == 2
+    with pytest.raises(ConfigError, match=r"Curriculum <dict>, task 'short': 'steps' must be a positive integer"):
+        ContinualRunner({**curriculum, "tasks": [{**curriculum["tasks"][0], "steps": 0}]}, agent)
+    with pytest.raises(ConfigError, match=r"Agent <dict>: unknown key\(s\) \['n_env'\]"):
+        ContinualRunner(curriculum, {**agent, "n_env": 2})
