@@ -51,13 +51,24 @@ def save_model_atomically(model: Any, path: Path) -> None:
         # SB3 appends ".zip" when the name lacks it; our temporary name ends in ".zip" already.
 
 
+def task_checkpoint_path(run_dir: Path, stage: int, task: str) -> Path:
+    """Where a run keeps the model as task ``stage`` left it: ``checkpoints/task-<i>-<name>.zip``."""
+    return run_dir / "checkpoints" / f"task-{stage}-{task}.zip"
+
+
+def task_of_checkpoint(path: Path) -> int | None:
+    """The task index in a :func:`task_checkpoint_path` name, or ``None`` for other checkpoints."""
+    match = re.fullmatch(r"task-(\d+)-.+\.zip", path.name)
+    return int(match[1]) if match else None
+
+
 def check_checkpoint_file(path: Path) -> None:
     """Fail with a clear message for a missing, truncated or non-SB3 checkpoint before loading it."""
     if path.is_dir():
         task_ends = {
-            int(match[1]): zip_path
+            index: zip_path
             for zip_path in path.glob("checkpoints/task-*.zip")
-            if (match := re.match(r"task-(\d+)-", zip_path.name))
+            if (index := task_of_checkpoint(zip_path)) is not None
         }
         hint = f", e.g. the last task's: {str(task_ends[max(task_ends)])!r}" if task_ends else ""
         raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint: give a model .zip{hint}.")

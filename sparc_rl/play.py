@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import gymnasium as gym
 from sparc_rl.curriculum import NAMED_WRAPPERS, TaskSpec, check_env_id, load_curriculum
 from sparc_rl.errors import ConfigError
 from sparc_rl.inference import SparcAgent
+from sparc_rl.io import task_of_checkpoint
 
 
 def make_play_env(env_id: str, env_kwargs: dict[str, Any], wrappers: list[str], render_mode: str | None) -> gym.Env:
@@ -46,10 +46,10 @@ def task_for_checkpoint(model_path: str | Path, task_name: str | None, curriculu
             "with --curriculum."
         )
     if task_name is None:
-        match = re.fullmatch(r"task-(\d+)-(.+)\.zip", Path(model_path).name)
-        if match is None or int(match[1]) >= len(loaded.tasks):
+        index = task_of_checkpoint(Path(model_path))
+        if index is None or index >= len(loaded.tasks):
             raise ConfigError(f"Name the task to play with --task: one of {loaded.task_names}.")
-        return loaded.tasks[int(match[1])]
+        return loaded.tasks[index]
     for task in loaded.tasks:
         if task.name == task_name:
             return task
@@ -88,8 +88,8 @@ def play(
         )
     render_mode = "rgb_array" if record else None
     if env_id is not None:
-        if task is not None:
-            raise ConfigError("Give --env (with --env-kwargs and --wrappers) or --task, not both.")
+        if task is not None or curriculum is not None:
+            raise ConfigError("Give --env (with --env-kwargs and --wrappers) or --task (with --curriculum), not both.")
         env = make_play_env(env_id, env_kwargs, wrappers, render_mode)
     else:
         if env_kwargs or wrappers:

@@ -47,7 +47,14 @@ from sparc_rl.curriculum import Curriculum, TaskSpec, check_task_spaces, load_cu
 from sparc_rl.errors import CheckpointError, ConfigError, RunStoppedError, TrainingDivergedError
 from sparc_rl.evaluation import evaluate_curriculum, evaluate_task
 from sparc_rl.inference import check_spaces, load_saved_model
-from sparc_rl.io import atomic_write_json, atomic_write_text, check_checkpoint_file, save_model_atomically, versions
+from sparc_rl.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_checkpoint_file,
+    save_model_atomically,
+    task_checkpoint_path,
+    versions,
+)
 from sparc_rl.ppo import SparcPPO
 from sparc_rl.reporting import learning_curve_figure, retention_figure, write_report
 from sparc_rl.snapshot import load_snapshot, restore_snapshot, save_snapshot, snapshot_path
@@ -520,7 +527,7 @@ class ContinualRunner:
                 bar.total += self.state.steps_in_stage - task.steps
                 self.state.stage, self.state.steps_in_stage = stage + 1, 0
                 # before the commit, so a committed task end always has its checkpoint
-                save_model_atomically(model, self.run_dir / "checkpoints" / f"task-{stage}-{task.name}.zip")
+                save_model_atomically(model, task_checkpoint_path(self.run_dir, stage, task.name))
             self._commit(model)
             self._log_evaluation(logger, scores, diagnostics, model.num_timesteps)
             if last and self.progress:  # one line per task that stays above the bar: retention as it goes

@@ -259,6 +259,7 @@ def test_play_takes_a_task_of_the_checkpoints_run_with_its_kwargs_and_wrappers(t
     for argv, message in (
         (["--task", "long"], "Curriculum 'tiny' has no task 'long'; its tasks: ['short', 'reversed']"),
         (["--task", "short", "--env", "CartPole-v1"], "Give --env (with --env-kwargs and --wrappers) or --task"),
+        (["--curriculum", "cartpole-drift", "--env", "CartPole-v1"], "or --task (with --curriculum), not both"),
         (["--wrappers", "previous-action-reward"], "--env-kwargs and --wrappers go with --env"),
         (["--env", "CartPole-v1", "--wrappers", "gradual-drift"], "Wrapper 'gradual-drift' needs settings"),
     ):
