@@ -459,6 +459,10 @@ class ContinualRunner:
             algorithm_overrides=self.curriculum.algorithm_kwargs,
         )
 
+    def _device(self) -> str:
+        """The torch device the agent trains on: as its settings and the curriculum's say, else the CPU."""
+        return str({**self.agent.algorithm_kwargs, **self.curriculum.algorithm_kwargs}.get("device", "cpu"))
+
     def check_model(self) -> None:
         """Build the agent's model on the first task, as :meth:`run` would, and drop it: an agent whose
         settings or plugins refuse this curriculum (behaviour cloning on continuous actions) stops here,
@@ -478,7 +482,7 @@ class ContinualRunner:
         if self.state.steps_in_stage > 0 and snapshot.is_file():
             self._snapshot = load_snapshot(snapshot)
         try:
-            model = self.agent.algorithm_class.load(path, env=env, device="cpu")
+            model = self.agent.algorithm_class.load(path, env=env, device=self._device())
         except Exception as error:
             raise CheckpointError(f"Cannot load checkpoint {str(path)!r}: {error}") from None
         return model

@@ -79,7 +79,8 @@ def save_snapshot(model: BaseAlgorithm, path: Path) -> bool:
             "python": random.getstate(),
             "numpy": np.random.get_state(),
             "torch": th.get_rng_state(),
-            "cuda": th.cuda.get_rng_state_all() if th.cuda.is_available() else None,
+            # only a process that uses CUDA has generators there; asking others would start CUDA in them
+            "cuda": th.cuda.get_rng_state_all() if th.cuda.is_initialized() else None,
         },
         "env": model.get_env(),
         "loop": {name: getattr(model, name) for name in _LOOP_ATTRIBUTES if hasattr(model, name)},

@@ -1,11 +1,24 @@
 """SparcPPO on a CUDA device: skipped where none is present (CI has none; run on a GPU machine)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 
 from sparc_rl import SparcPPO
+from sparc_rl.agents import parse_agent
+from sparc_rl.curriculum import parse_curriculum
+from sparc_rl.runner import ContinualRunner
+from tests.conftest import tiny_agent_data
+from tests.test_reliability import (
+    TINY_AGENT,
+    TINY_IMAGE_CURRICULUM,
+    TINY_RECURRENT_PPO,
+    assert_same_run,
+    run_whole_and_resumed_inside_a_task,
+)
 
 pytestmark = pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")
 
@@ -51,3 +64,23 @@ def test_a_cuda_model_loads_on_cpu_and_acts_the_same(tmp_path):
     cpu_actions, cpu_state = on_cpu.predict(obs, None, starts, deterministic=True)
     np.testing.assert_array_equal(gpu_actions, cpu_actions)
     np.testing.assert_allclose(gpu_state, cpu_state, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "agent_data", [TINY_AGENT, TINY_RECURRENT_PPO, tiny_agent_data("lstm")], ids=["sparc", "recurrent-ppo", "lstm"]
+)
+def test_a_cuda_run_resumed_inside_a_task_stays_on_cuda_and_continues_exactly(tmp_path, monkeypatch, agent_data):
+    on_cuda = copy.deepcopy(agent_data)
+    on_cuda["algorithm_kwargs"]["device"] = "cuda"
+    uninterrupted, resumed = run_whole_and_resumed_inside_a_task(tmp_path, monkeypatch, on_cuda)
+    assert all(p.device.type == "cuda" for p in resumed.model.policy.parameters())
+    assert_same_run(uninterrupted, resumed)
+
+
+def test_small_minigrid_views_train_on_cuda(tmp_path):
+    curriculum = parse_curriculum(TINY_IMAGE_CURRICULUM, "tiny images")
+    agent = parse_agent(tiny_agent_data("sparc", algorithm_kwargs={"n_steps": 32, "batch_size": 64, "device": "cuda"}))
+    runner = ContinualRunner(curriculum, agent, seed=0, run_dir=tmp_path / "run", progress=False)
+    result = runner.run()
+    assert all(p.device.type == "cuda" for p in runner.model.policy.parameters())
+    assert len(result.matrix) == len(curriculum.tasks)

@@ -113,7 +113,7 @@ def _tiny_run(run_dir: Path) -> ContinualRunner:
     return runner
 
 
-def _assert_same_run(first: ContinualRunner, second: ContinualRunner) -> None:
+def assert_same_run(first: ContinualRunner, second: ContinualRunner) -> None:
     """Same evaluations (scores and returns) and bit-identical final parameters."""
     assert first.state.history == second.state.history
     assert first.state.returns_history == second.state.returns_history
@@ -126,7 +126,7 @@ def _assert_same_run(first: ContinualRunner, second: ContinualRunner) -> None:
 def test_same_seed_same_score_matrix(tmp_path):
     first, second = _tiny_run(tmp_path / "a"), _tiny_run(tmp_path / "b")
     assert first.state.matrix == second.state.matrix
-    _assert_same_run(first, second)
+    assert_same_run(first, second)
 
 
 def test_a_run_resumed_at_a_task_boundary_continues_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch):
@@ -146,7 +146,7 @@ def test_a_run_resumed_at_a_task_boundary_continues_exactly_like_the_uninterrupt
     assert resumed.state.stage == 1 and resumed.state.steps_in_stage == 0
     resumed.run()
     assert resumed.state.matrix == uninterrupted.state.matrix
-    _assert_same_run(uninterrupted, resumed)
+    assert_same_run(uninterrupted, resumed)
 
 
 TINY_RECURRENT_PPO = {
@@ -190,6 +190,13 @@ def _run_of(agent_data: dict, run_dir: Path, eval_every: int = 4, curriculum: di
 def test_a_run_resumed_inside_a_task_continues_exactly_like_the_uninterrupted_one(
     tmp_path, monkeypatch, agent_data, curriculum
 ):
+    assert_same_run(*run_whole_and_resumed_inside_a_task(tmp_path, monkeypatch, agent_data, curriculum))
+
+
+def run_whole_and_resumed_inside_a_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent_data: dict, curriculum: dict | None = None
+) -> tuple[ContinualRunner, ContinualRunner]:
+    """Train ``agent_data`` once without a stop and once stopped inside the second task and resumed."""
     uninterrupted = _run_of(agent_data, tmp_path / "whole", curriculum=curriculum)
     uninterrupted.run()
     commit = ContinualRunner._commit
@@ -210,7 +217,7 @@ def test_a_run_resumed_inside_a_task_continues_exactly_like_the_uninterrupted_on
     resumed = ContinualRunner.resume(tmp_path / "split", progress=False)
     assert resumed.state.stage == 1 and resumed.state.steps_in_stage > 0
     resumed.run()
-    _assert_same_run(uninterrupted, resumed)
+    return uninterrupted, resumed
 
 
 def test_a_damaged_snapshot_is_a_clear_error_and_deleting_it_resumes_with_fresh_draws(tmp_path, monkeypatch, capsys):
@@ -400,7 +407,7 @@ def test_a_full_disk_stops_the_run_with_one_message_and_resume_continues_it_exac
     monkeypatch.setattr(ContinualRunner, "_commit", commit)
     resumed = ContinualRunner.resume(tmp_path / "split", progress=False)
     resumed.run()
-    _assert_same_run(uninterrupted, resumed)
+    assert_same_run(uninterrupted, resumed)
 
 
 def test_subprocess_envs_give_the_same_run_and_close_their_processes(tmp_path):
@@ -421,7 +428,7 @@ def test_subprocess_envs_give_the_same_run_and_close_their_processes(tmp_path):
     )
     with pytest.warns(UserWarning, match="cannot be pickled"):  # no exact resume inside a task
         subprocesses.run()
-    _assert_same_run(in_process, subprocesses)
+    assert_same_run(in_process, subprocesses)
     assert not multiprocessing.active_children()
     assert json.loads((tmp_path / "subproc" / "config.json").read_text())["vec_env"] == "subproc"
     assert ContinualRunner.resume(tmp_path / "subproc").vec_env == "subproc"
