@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import multiprocessing
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,16 +52,34 @@ def _start_early(agent: str) -> tuple[bool, bool]:
 
 
 def _run_job(job: BenchJob) -> dict[str, Any]:
-    """One agent x seed; a failure is reported in the results instead of losing the other runs."""
-    try:
-        return _run_one(job)
-    except Exception as error:  # noqa: BLE001 - any failure of one run must not sink the benchmark
-        return {
-            "agent": job.agent,
-            "seed": job.seed,
-            "run_dir": job.run_dir,
-            "error": f"{type(error).__name__}: {error}",
-        }
+    """One agent x seed; a failure is reported in the results instead of losing the other runs. The
+    run's warnings are handed back under ``"warnings"`` (see :func:`_show_new_warnings`) instead of
+    printed: every run of a bench would print the same ones."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            result = _run_one(job)
+        except Exception as error:  # noqa: BLE001 - any failure of one run must not sink the benchmark
+            result = {
+                "agent": job.agent,
+                "seed": job.seed,
+                "run_dir": job.run_dir,
+                "error": f"{type(error).__name__}: {error}",
+            }
+    # the category by name: a class from a module the main process lacks would not unpickle there
+    result["warnings"] = list(
+        dict.fromkeys((str(w.message), w.category.__name__, w.filename, w.lineno) for w in caught)
+    )
+    return result
+
+
+def _show_new_warnings(result: dict[str, Any], shown: set[tuple[str, str]]) -> None:
+    """Issue the warnings of a finished run that no earlier run of the bench gave."""
+    for message, category, filename, lineno in result.pop("warnings"):
+        if (message, category) not in shown:
+            shown.add((message, category))
+            found = getattr(builtins, category, None)
+            is_warning = isinstance(found, type) and issubclass(found, Warning)
+            warnings.warn_explicit(message, found if is_warning else UserWarning, filename, lineno)
 
 
 def _runner(job: BenchJob) -> ContinualRunner:
@@ -246,11 +266,17 @@ def run_bench(
     started = time.time()
     speed = machine_speed()  # on idle cores, before the runs start
     results: list[dict[str, Any]] = []
+    shown: set[tuple[str, str]] = set()
     with tqdm(total=len(work), unit="run", desc="bench", disable=not progress, dynamic_ncols=True) as bar:
+
+        def collect(result: dict[str, Any]) -> None:
+            _show_new_warnings(result, shown)
+            results.append(result)
+            bar.update()
+
         if jobs == 1:
             for job in work:
-                results.append(_run_job(job))
-                bar.update()
+                collect(_run_job(job))
         else:
             # fork keeps the imported code (fast start), but where CUDA is present a forked child of a
             # process that has touched it fails ("CUDA error: initialization error") or hangs (both seen
@@ -258,8 +284,7 @@ def run_bench(
             method = "spawn" if th.cuda.is_available() else "fork"
             with multiprocessing.get_context(method).Pool(jobs) as pool:
                 for result in pool.imap(_run_job, work, chunksize=1):
-                    results.append(result)
-                    bar.update()
+                    collect(result)
     failed = [r for r in results if "error" in r]
     results = [r for r in results if "error" not in r and "reference_task" not in r]
     rows = summarise_results(results, [Path(a).stem for a in agents])

@@ -290,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line_warnings(show: Any) -> Any:
     """The package's own warnings as ``sparc-rl: warning: ...`` lines, like its errors; others' warnings
-    (their source line helps there) as ``show`` prints them."""
+    (their source line helps there) as ``show`` prints them. Either way on lines of their own, with a
+    progress bar drawn again below them."""
+    from tqdm import tqdm
+
     package = Path(__file__).resolve().parent
 
     def show_warning(
@@ -301,10 +304,11 @@ def _one_line_warnings(show: Any) -> Any:
         file: TextIO | None = None,
         line: str | None = None,
     ) -> None:
-        if Path(filename).resolve().is_relative_to(package):
-            print(f"sparc-rl: warning: {message}", file=file or sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
+        with tqdm.external_write_mode(file=file or sys.stderr):
+            if Path(filename).resolve().is_relative_to(package):
+                print(f"sparc-rl: warning: {message}", file=file or sys.stderr)
+            else:
+                show(message, category, filename, lineno, file, line)
 
     return show_warning
 

@@ -226,3 +226,20 @@ def test_spawned_workers_import_the_users_env_and_plugin_modules(tmp_path, monke
     assert main([*args, "--no-reference", "--no-progress", "--out", "b"]) == 0
     assert methods == ["spawn"]
     assert "| tiny-lstm | 2 |" in (tmp_path / "b" / "results.md").read_text()
+
+
+def test_a_warning_every_run_gives_is_printed_once(tmp_path, capsys):
+    curriculum = {
+        "name": "stock-poles",
+        "eval_episodes": 2,
+        "eval_every": 1,
+        "tasks": [{"name": name, "env": "CartPole-v1", "steps": 64} for name in ("first", "second")],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(curriculum))  # stock CartPole reports no is_success
+    (tmp_path / "tiny-lstm.yaml").write_text(yaml.safe_dump(tiny_agent_data("lstm", consolidate=False)))
+    args = ["bench", "--curriculum", str(tmp_path / "c.yaml"), "--agents", str(tmp_path / "tiny-lstm.yaml")]
+    assert main([*args, "--seeds", "2", "--jobs", "2", "--no-reference", "--out", str(tmp_path / "b")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sparc-rl: warning:")]
+    assert len(warned) == 2, warned  # one per task, not one per task and run
+    assert "Task 'first' (CartPole-v1) reports no info['is_success']" in warned[0]
+    assert "Task 'second' (CartPole-v1)" in warned[1]
