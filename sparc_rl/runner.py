@@ -161,6 +161,15 @@ class _ProgressCallback(BaseCallback):
         self.last = self.num_timesteps
 
 
+def _checked_agent(agent: str | Path | AgentSpec | dict[str, Any]) -> AgentSpec:
+    """An agent by preset name or file, as the dict its file holds, or built in Python: checked alike."""
+    if isinstance(agent, AgentSpec):
+        return parse_agent(agent.to_dict(), repr(agent.name))
+    if isinstance(agent, dict):
+        return parse_agent(agent)
+    return load_agent(agent)
+
+
 def default_run_dir(curriculum: str, agent: str, seed: int, root: Path = Path("runs")) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return root / f"{curriculum}-{agent}-seed{seed}-{stamp}"
@@ -207,15 +216,16 @@ class ContinualRunner:
         run_dir: str | Path | None = None,
         eval_episodes: int | None = None,
         reference: bool = False,
-        reference_agent: str | Path | AgentSpec | None = None,
+        reference_agent: str | Path | AgentSpec | dict[str, Any] | None = None,
         progress: bool = True,
         command: str | None = None,
         vec_env: str = "dummy",
     ) -> None:
-        if isinstance(curriculum, dict):  # as a curriculum file holds it
+        # dicts as the files hold them, and objects built in Python, are checked as files are
+        if isinstance(curriculum, Curriculum):
+            curriculum = parse_curriculum(curriculum.to_dict(), curriculum.source or "<Curriculum>")
+        elif isinstance(curriculum, dict):
             curriculum = parse_curriculum(curriculum)
-        if isinstance(agent, dict):
-            agent = parse_agent(agent)
         if isinstance(curriculum, Curriculum):
             check_task_spaces(curriculum)  # as load_curriculum does for a name or file
             self.curriculum = curriculum
@@ -223,7 +233,7 @@ class ContinualRunner:
             self.curriculum = load_curriculum(curriculum)
         if steps_per_task is not None:
             self.curriculum = self.curriculum.with_steps_per_task(steps_per_task)
-        self.agent = agent if isinstance(agent, AgentSpec) else load_agent(agent)
+        self.agent = _checked_agent(agent)
         if not 0 <= seed <= MAX_SEED:
             raise ConfigError(f"--seed must be from 0 to {MAX_SEED}, got {seed}.")
         self.seed = seed
@@ -231,12 +241,7 @@ class ContinualRunner:
         if self.eval_episodes <= 0:
             raise ConfigError(f"--eval-episodes must be positive, got {self.eval_episodes}.")
         self.reference = reference
-        if reference_agent is None:
-            self.reference_agent = self.agent
-        else:
-            self.reference_agent = (
-                reference_agent if isinstance(reference_agent, AgentSpec) else load_agent(reference_agent)
-            )
+        self.reference_agent = self.agent if reference_agent is None else _checked_agent(reference_agent)
         self.progress = progress
         self.command = command or " ".join(shlex.quote(arg) for arg in sys.argv)
         if vec_env not in VEC_ENVS:

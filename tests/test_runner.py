@@ -214,3 +214,20 @@ def test_a_runner_takes_the_curriculum_and_agent_as_the_dicts_their_files_hold(t
         ContinualRunner({**curriculum, "tasks": [{**curriculum["tasks"][0], "steps": 0}]}, agent)
     with pytest.raises(ConfigError, match=r"Agent <dict>: unknown key\(s\) \['n_env'\]"):
         ContinualRunner(curriculum, {**agent, "n_env": 2})
+
+
+def test_curricula_and_agents_built_in_python_are_checked_as_their_files_are(tmp_path):
+    curriculum, agent = tiny_curriculum(), tiny_agent("gru")
+    no_budget = dataclasses.replace(curriculum, tasks=(dataclasses.replace(curriculum.tasks[0], steps=0),))
+    with pytest.raises(ConfigError, match=r"Curriculum tiny, task 'short': 'steps' must be a positive integer"):
+        ContinualRunner(no_budget, agent)
+    in_a_folder = dataclasses.replace(curriculum, tasks=(dataclasses.replace(curriculum.tasks[0], name="a/b"),))
+    with pytest.raises(ConfigError, match=r"task 'a/b'.*the task name"):
+        ContinualRunner(in_a_folder, agent)
+    typo = dataclasses.replace(agent, algorithm_kwargs={"n_epoch": 3})
+    with pytest.raises(ConfigError, match=r"Agent 'tiny-gru': algorithm_kwargs: unknown setting 'n_epoch'"):
+        ContinualRunner(curriculum, typo)
+    with pytest.raises(ConfigError, match=r"Agent 'tiny-gru': algorithm_kwargs"):
+        ContinualRunner(curriculum, agent, reference=True, reference_agent=typo)
+    runner = ContinualRunner(curriculum, agent, run_dir=tmp_path / "run", progress=False)
+    assert runner.curriculum == curriculum and runner.agent == agent  # checking changes nothing
