@@ -50,9 +50,26 @@ def _as_the_policy_sees_it(observation_space: spaces.Space) -> spaces.Space:
     return observation_space
 
 
+def _observations_fit(env_space: spaces.Space, model_space: spaces.Space) -> bool:
+    """Whether the policy can read the env's observations: the same space, or the same box of floats in
+    another precision (the policy reads observations as float32 tensors either way)."""
+    seen = _as_the_policy_sees_it(env_space)
+    if seen == model_space:
+        return True
+    return (
+        isinstance(seen, spaces.Box)
+        and isinstance(model_space, spaces.Box)
+        and seen.shape == model_space.shape
+        and np.issubdtype(seen.dtype, np.floating)
+        and np.issubdtype(model_space.dtype, np.floating)
+        and np.array_equal(seen.low.astype(model_space.dtype), model_space.low)
+        and np.array_equal(seen.high.astype(model_space.dtype), model_space.high)
+    )
+
+
 def check_spaces(model_obs: spaces.Space, model_act: spaces.Space, env: gym.Env | VecEnv) -> None:
     """Raise :class:`SpaceMismatchError` naming both spaces if the env does not fit the policy."""
-    if _as_the_policy_sees_it(env.observation_space) != model_obs:
+    if not _observations_fit(env.observation_space, model_obs):
         raise SpaceMismatchError(
             f"The policy expects observations {describe_space(model_obs)} but the env gives "
             f"{describe_space(env.observation_space)}." + _space_hint(env.observation_space, model_obs, model_act)

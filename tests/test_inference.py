@@ -77,6 +77,30 @@ def test_mismatched_spaces_name_both_and_suggest_a_wrapper(saved_model):
         SparcAgent.load(saved_model, env=gym.make("CartPole-v1"))
 
 
+def test_an_env_with_float64_observations_of_the_same_box_is_played_alike(saved_model):
+    """The policy reads float32 tensors either way; other bounds or shapes are still refused."""
+    single = gym.make("SparcRL/DriftingCartPole-v0", max_steps=40)
+    box = single.observation_space
+    double = gym.wrappers.TransformObservation(
+        gym.make("SparcRL/DriftingCartPole-v0", max_steps=40),
+        lambda obs: obs.astype(np.float64),
+        gym.spaces.Box(box.low.astype(np.float64), box.high.astype(np.float64), dtype=np.float64),
+    )
+    agents = SparcAgent.load(saved_model, env=single), SparcAgent.load(saved_model, env=double)
+    observations = single.reset(seed=1)[0], double.reset(seed=1)[0]
+    for _ in range(40):  # max_steps: one episode
+        actions = [agent.act(obs) for agent, obs in zip(agents, observations, strict=True)]
+        assert actions[0] == actions[1]
+        (obs, _, done, _, _), (obs64, _, _, _, _) = single.step(actions[0]), double.step(actions[1])
+        np.testing.assert_array_equal(obs, obs64)
+        if done:
+            break
+        observations = obs, obs64
+    wider = gym.spaces.Box(-100.0, 100.0, box.shape, dtype=np.float64)
+    with pytest.raises(SpaceMismatchError, match=r"expects observations Box\(shape=\(2,\), dtype=float32"):
+        SparcAgent.load(saved_model, env=gym.wrappers.TransformObservation(single, lambda obs: obs, wider))
+
+
 def test_a_model_trained_with_the_previous_action_and_reward_says_so_on_the_bare_env(tmp_path):
     from sparc_rl.envs import PreviousActionRewardObservation
 
