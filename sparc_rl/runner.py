@@ -100,6 +100,15 @@ class RunState:
         }
 
     @classmethod
+    def read(cls, path: Path) -> RunState:
+        """:raise CheckpointError: naming ``path`` if it is damaged or from another version"""
+        data = read_run_file(path)
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{str(path)!r} is damaged ({_what_is_wrong(error)}); {RUN_FILE_FIX}") from None
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
         if data.get("version") != STATE_VERSION:
             raise CheckpointError(
@@ -132,14 +141,38 @@ class RunResult:
     def load(cls, run_dir: str | Path) -> RunResult:
         """The result of a finished run, read back from its directory."""
         run_dir = Path(run_dir)
-        try:
-            state = RunState.from_dict(json.loads((run_dir / "state.json").read_text()))
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise CheckpointError(f"Cannot read the result of run {str(run_dir)!r}: {error}.") from None
+        state = RunState.read(run_dir / "state.json")
         if not state.finished:
             raise CheckpointError(f"Run {str(run_dir)!r} has not finished; continue it with --resume {run_dir}.")
+        metrics_path = run_dir / "metrics.json"
+        metrics = read_run_file(metrics_path)
+        if not isinstance(metrics.get("tasks"), list):
+            raise CheckpointError(f"{str(metrics_path)!r} is damaged (no list of 'tasks'); {RUN_FILE_FIX}")
         return cls(run_dir, metrics["tasks"], state.matrix, metrics, state.wall_time_s, state.env_steps, state.history)
+
+
+#: what to do about a damaged run file: the run cannot continue, but its checkpoints are intact
+RUN_FILE_FIX = (
+    "start a new run with another --run-dir (its checkpoints/*.zip still load, with SparcPPO.load or sparc-rl eval)."
+)
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """One of a run directory's JSON files, as a mapping.
+
+    :raise CheckpointError: naming the file if it cannot be read or is not a JSON object
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{str(path)!r} cannot be read ({_what_is_wrong(error)}); {RUN_FILE_FIX}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{str(path)!r} is damaged (a JSON {type(data).__name__}, not an object); {RUN_FILE_FIX}")
+    return data
+
+
+def _what_is_wrong(error: Exception) -> str:
+    return f"no {error}" if isinstance(error, KeyError) else str(error)
 
 
 class _ProgressCallback(BaseCallback):
@@ -266,23 +299,25 @@ class ContinualRunner:
         config_path, state_path = run_dir / "config.json", run_dir / "state.json"
         if not config_path.is_file() or not state_path.is_file():
             raise ConfigError(f"{str(run_dir)!r} is not a sparc-rl run directory (no config.json / state.json).")
+        config, state = read_run_file(config_path), RunState.read(state_path)
         try:
-            config = json.loads(config_path.read_text())
-            state = RunState.from_dict(json.loads(state_path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            curriculum, agent = config["curriculum"], config["agent"]
+            reference_agent = config.get("reference_agent")
+            if not all(isinstance(data, dict) for data in (curriculum, agent, reference_agent or {})):
+                raise TypeError("the curriculum and agents must be JSON objects")
+            seed, eval_episodes = int(config["seed"]), int(config["eval_episodes"])
+        except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(
-                f"The run files in {str(run_dir)!r} are damaged ({error}); start a new run."
+                f"{str(config_path)!r} is damaged ({_what_is_wrong(error)}); {RUN_FILE_FIX}"
             ) from None
         runner = cls(
-            parse_curriculum(config["curriculum"], config["curriculum"].get("name", "run")),
-            parse_agent(config["agent"], config["agent"].get("name", "run")),
-            seed=int(config["seed"]),
+            parse_curriculum(curriculum, curriculum.get("name", "run")),
+            parse_agent(agent, agent.get("name", "run")),
+            seed=seed,
             run_dir=run_dir,
-            eval_episodes=int(config["eval_episodes"]),
+            eval_episodes=eval_episodes,
             reference=bool(config.get("reference", False)),
-            reference_agent=parse_agent(config["reference_agent"], "reference agent")
-            if config.get("reference_agent")
-            else None,
+            reference_agent=parse_agent(reference_agent, "reference agent") if reference_agent else None,
             progress=progress,
             command=config.get("command"),
             vec_env=config.get("vec_env", "dummy"),

@@ -295,6 +295,37 @@ def test_resume_of_an_incompatible_state_version(tmp_path, capsys):
     assert "state.json has version 99" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("file", "damage", "message"),
+    [
+        ("state.json", lambda text: text[:10], r"/state.json' cannot be read \(Expecting"),
+        ("state.json", lambda text: "[1]", r"/state.json' is damaged \(a JSON list, not an object\)"),
+        ("state.json", lambda text: text.replace('"matrix"', '"matrx"'), r"/state.json' is damaged \(no 'matrix'\)"),
+        ("config.json", lambda text: "{}", r"/config.json' is damaged \(no 'curriculum'\)"),
+        (
+            "config.json",
+            lambda text: text.replace('"seed": 5', '"seed": "five"'),
+            r"/config.json' is damaged \(invalid",
+        ),
+        ("config.json", lambda text: text.replace('"agent": {', '"agent": [{', 1), r"/config.json' cannot be read"),
+    ],
+    ids=["truncated-state", "state-not-an-object", "state-without-a-key", "empty-config", "bad-seed", "bad-json"],
+)
+def test_a_damaged_run_file_is_named_in_one_message_and_nothing_changes(tmp_path, capsys, file, damage, message):
+    runner = _tiny_run(tmp_path / "run")
+    state = json.loads((runner.run_dir / "state.json").read_text())
+    state["finished"] = False
+    (runner.run_dir / "state.json").write_text(json.dumps(state))
+    path = runner.run_dir / file
+    path.write_text(damage(path.read_text()))
+    before = _files_snapshot(runner.run_dir)
+    assert main(["train", "--resume", str(runner.run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "start a new run with another --run-dir" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _files_snapshot(runner.run_dir) == before
+
+
 def test_eval_of_a_model_with_other_spaces(tmp_path, capsys):
     runner = _tiny_run(tmp_path / "run")
     assert (
