@@ -23,7 +23,7 @@ from tqdm import tqdm
 from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import load_agent
 from sparc_rl.curriculum import load_curriculum
-from sparc_rl.errors import ConfigError, SparcError
+from sparc_rl.errors import CheckpointError, ConfigError, SparcError
 from sparc_rl.io import atomic_write_text, versions
 from sparc_rl.metrics import bootstrap_ci
 from sparc_rl.runner import ContinualRunner, RunResult
@@ -142,7 +142,13 @@ def _reuse_or_run(runner: ContinualRunner) -> tuple[RunResult, bool]:
 
 def _check_saved_run(runner: ContinualRunner) -> None:
     saved = runner.run_dir / "state.json"
-    if saved.is_file() and ContinualRunner.resume(runner.run_dir, progress=False).experiment() != runner.experiment():
+    if not saved.is_file():
+        return
+    try:
+        found = ContinualRunner.resume(runner.run_dir, progress=False)
+    except CheckpointError as error:
+        raise ConfigError(f"The bench cannot reuse its run in {str(runner.run_dir)!r}: {error}") from None
+    if found.experiment() != runner.experiment():
         raise ConfigError(
             f"{str(runner.run_dir)!r} holds a different run (another curriculum, agent, seed or number of "
             "evaluation episodes); use another --out folder or remove it."

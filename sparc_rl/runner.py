@@ -153,7 +153,8 @@ class RunResult:
 
 #: what to do about a damaged run file: the run cannot continue, but its checkpoints are intact
 RUN_FILE_FIX = (
-    "start a new run with another --run-dir (its checkpoints/*.zip still load, with SparcPPO.load or sparc-rl eval)."
+    "the run cannot continue: train it again in a new or emptied folder "
+    "(its checkpoints/*.zip still load, with SparcPPO.load or sparc-rl eval)."
 )
 
 

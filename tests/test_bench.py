@@ -190,6 +190,11 @@ def test_a_bench_folder_holding_other_runs_is_refused_before_training(tmp_path, 
     assert main([*common, "--eval-episodes", "3"]) == 2
     assert "holds a different run" in capsys.readouterr().err
     assert (out / "results.json").read_text() == results
+    (out / "runs" / "tiny-gru-seed0" / "state.json").write_text("{")  # a damaged run is refused the same way
+    assert main([*common, "--eval-episodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reuse its run in '{out / 'runs' / 'tiny-gru-seed0'}'" in err and "Traceback" not in err
+    assert (out / "results.json").read_text() == results
 
 
 def test_slow_agents_start_first_so_no_core_idles_at_the_end():

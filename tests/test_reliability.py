@@ -321,7 +321,7 @@ def test_a_damaged_run_file_is_named_in_one_message_and_nothing_changes(tmp_path
     before = _files_snapshot(runner.run_dir)
     assert main(["train", "--resume", str(runner.run_dir), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert re.search(message, err) and "start a new run with another --run-dir" in err, err
+    assert re.search(message, err) and "train it again in a new or emptied folder" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert _files_snapshot(runner.run_dir) == before
 
