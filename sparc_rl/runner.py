@@ -439,6 +439,7 @@ class ContinualRunner:
             )
         if not self._resuming:
             atomic_write_json(self.run_dir / "config.json", self._config())
+            self._save_state(model)  # the first commit, of nothing trained yet: a stop before the next resumes
         logger = configure(str(self.run_dir / "tb"), ["tensorboard"])
         _add_retention_charts(logger)
         model.set_logger(logger)

@@ -129,21 +129,22 @@ def test_same_seed_same_score_matrix(tmp_path):
     assert_same_run(first, second)
 
 
-def test_a_run_resumed_at_a_task_boundary_continues_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop_at", [0, 1], ids=["before-the-first-task", "before-the-second-task"])
+def test_a_run_resumed_at_a_task_boundary_continues_exactly_like_the_uninterrupted_one(tmp_path, monkeypatch, stop_at):
     uninterrupted = _tiny_run(tmp_path / "whole")
     run_stage = ContinualRunner._run_stage
 
-    def stop_before_the_second_task(self, stage, *args):
-        if stage == 1:
+    def stop_before_the_task(self, stage, *args):
+        if stage == stop_at:
             raise KeyboardInterrupt
         run_stage(self, stage, *args)
 
-    monkeypatch.setattr(ContinualRunner, "_run_stage", stop_before_the_second_task)
+    monkeypatch.setattr(ContinualRunner, "_run_stage", stop_before_the_task)
     with pytest.raises(KeyboardInterrupt):
         _tiny_run(tmp_path / "split")
     monkeypatch.setattr(ContinualRunner, "_run_stage", run_stage)
     resumed = ContinualRunner.resume(tmp_path / "split", progress=False)
-    assert resumed.state.stage == 1 and resumed.state.steps_in_stage == 0
+    assert resumed.state.stage == stop_at and resumed.state.steps_in_stage == 0
     resumed.run()
     assert resumed.state.matrix == uninterrupted.state.matrix
     assert_same_run(uninterrupted, resumed)
