@@ -101,6 +101,12 @@ def test_unknown_name_and_broken_files(tmp_path):
         load_curriculum(listing)
     with pytest.raises(ConfigError, match="does not exist"):
         load_curriculum(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"The curriculum is empty: give a built-in name \(cartpole-drift"):
+        load_curriculum("")
+    with pytest.raises(ConfigError, match=r"curriculum '.*' is a folder: give a YAML file in it"):
+        load_curriculum(tmp_path)
+    with pytest.raises(ConfigError, match=r"agent '.*' is a folder"):
+        load_agent(tmp_path)
 
 
 def test_agent_validation():
