@@ -36,8 +36,8 @@ def builtin_names(kind: str) -> list[str]:
 def resolve_file(name_or_path: str | Path, kind: str, what: str) -> Path:
     """A built-in name or a path to a YAML file, with a clear error naming the choices."""
     if not str(name_or_path).strip():
-        names = ", ".join(builtin_names(kind))
-        raise ConfigError(f"The {what} is empty: give a built-in name ({names}) or a YAML file.")
+        choices = ", ".join(builtin_names(kind))
+        raise ConfigError(f"The {what} is empty: give a built-in name ({choices}) or a YAML file.")
     path = Path(name_or_path)
     if path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a folder: give a YAML file in it, or a built-in name.")
