@@ -13,6 +13,18 @@ from typing import Any, TextIO
 
 from sparc_rl.errors import SparcError
 
+#: train's options that define a run, with their defaults: ``--resume`` takes them from the run's config.json
+RUN_OPTIONS: dict[str, Any] = {
+    "curriculum": "cartpole-drift",
+    "agent": "sparc",
+    "steps_per_task": None,
+    "seed": 0,
+    "run_dir": None,
+    "eval_episodes": None,
+    "reference": False,
+    "vec_env": "dummy",
+}
+
 
 def _train(args: argparse.Namespace) -> int:
     import torch
@@ -23,6 +35,14 @@ def _train(args: argparse.Namespace) -> int:
         raise SparcError(f"--threads must be at least 1, got {args.threads}.")
     torch.set_num_threads(args.threads)
     if args.resume:
+        given = [
+            f"--{name.replace('_', '-')}" for name, default in RUN_OPTIONS.items() if getattr(args, name) != default
+        ]
+        if given:
+            raise SparcError(
+                f"--resume continues the run in {args.resume!r} as its config.json says; {', '.join(given)} "
+                "cannot change it: leave them out, or start a new run without --resume."
+            )
         runner = ContinualRunner.resume(args.resume, progress=not args.no_progress)
     else:
         runner = ContinualRunner(
@@ -165,12 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an agent through a curriculum, evaluating every task")
     train.add_argument(
-        "--curriculum", default="cartpole-drift", help="built-in name or YAML path (default %(default)s)"
+        "--curriculum", default=RUN_OPTIONS["curriculum"], help="built-in name or YAML path (default %(default)s)"
     )
-    train.add_argument("--agent", default="sparc", help="built-in preset name or YAML path (default %(default)s)")
+    train.add_argument(
+        "--agent", default=RUN_OPTIONS["agent"], help="built-in preset name or YAML path (default %(default)s)"
+    )
     train.add_argument("--steps-per-task", type=int, default=None, help="override every task's budget")
     train.add_argument(
-        "--seed", type=int, default=0, help="fixes the whole run: model, envs and evaluation episodes (default 0)"
+        "--seed",
+        type=int,
+        default=RUN_OPTIONS["seed"],
+        help="fixes the whole run: model, envs and evaluation episodes (default %(default)s)",
     )
     train.add_argument("--run-dir", default=None, help="output folder (default: runs/<curriculum>-<agent>-...)")
     train.add_argument(
@@ -192,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--vec-env",
         choices=["dummy", "subproc"],
-        default="dummy",
+        default=RUN_OPTIONS["vec_env"],
         help="dummy (default): the training envs step one after another in this process; subproc: each in its "
         "own process (SB3's SubprocVecEnv), meant for slow envs on machines with cores to spare; the same "
         "results, but a run resumed inside a task continues with fresh random draws",

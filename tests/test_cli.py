@@ -46,6 +46,10 @@ def test_list_shows_curricula_agents_and_envs(capsys):
         (["eval", "--model", "missing.zip"], "Checkpoint 'missing.zip' does not exist"),
         (["play", "--model", "missing.zip", "--env", "CartPole-v9"], "--env: unknown env id 'CartPole-v9'"),
         (["train", "--resume", "."], "is not a sparc-rl run directory"),
+        (
+            ["train", "--resume", ".", "--steps-per-task", "64", "--agent", "lstm"],
+            "--resume continues the run in '.' as its config.json says; --agent, --steps-per-task cannot change it",
+        ),
         (["train", "--threads", "0"], "--threads must be at least 1, got 0"),
         (["train", "--seed", "-1"], "--seed must be from 0 to 400000, got -1"),
         (
