@@ -298,6 +298,11 @@ class ContinualRunner:
         """Continue an interrupted run from its last committed evaluation."""
         run_dir = Path(run_dir)
         config_path, state_path = run_dir / "config.json", run_dir / "state.json"
+        if config_path.is_file() and not state_path.is_file():
+            raise ConfigError(
+                f"The run in {str(run_dir)!r} stopped before it started training (it has no state.json): "
+                "there is nothing to resume; train it again in a new or emptied folder."
+            )
         if not config_path.is_file() or not state_path.is_file():
             raise ConfigError(f"{str(run_dir)!r} is not a sparc-rl run directory (no config.json / state.json).")
         config, state = read_run_file(config_path), RunState.read(state_path)

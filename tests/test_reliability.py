@@ -327,6 +327,15 @@ def test_a_damaged_run_file_is_named_in_one_message_and_nothing_changes(tmp_path
     assert _files_snapshot(runner.run_dir) == before
 
 
+def test_a_run_without_state_json_says_there_is_nothing_to_resume(tmp_path, capsys):
+    runner = _tiny_run(tmp_path / "run")
+    (runner.run_dir / "state.json").unlink()
+    assert main(["train", "--resume", str(runner.run_dir)]) == 2
+    assert "stopped before it started training (it has no state.json): there is nothing to resume" in (
+        capsys.readouterr().err
+    )
+
+
 def test_eval_of_a_model_with_other_spaces(tmp_path, capsys):
     runner = _tiny_run(tmp_path / "run")
     assert (
