@@ -229,15 +229,16 @@ def _prepare_run_dir(run_dir: Path) -> None:
 class ContinualRunner:
     """Train one agent through a curriculum and measure what it keeps.
 
-    :param curriculum: built-in name, path, or a loaded :class:`Curriculum`
-    :param agent: built-in name, path, or a loaded :class:`AgentSpec`
+    :param curriculum: built-in name, path, a :class:`Curriculum`, or the dict a curriculum file holds
+        (checked alike)
+    :param agent: built-in name, path, an :class:`AgentSpec`, or the dict an agent file holds (checked alike)
     :param steps_per_task: overrides every task's budget
     :param seed: seeds the model, the training envs and the evaluation episodes (0 to :data:`MAX_SEED`)
     :param run_dir: output folder (default ``runs/<curriculum>-<agent>-seed<seed>-<time>``)
     :param eval_episodes: episodes per task per evaluation (default: the curriculum's)
     :param reference: also train single-task references (cached) so forward transfer is measured
-    :param reference_agent: the agent trained from scratch on each task for those references (default:
-        ``agent``; a benchmark gives every agent the same one, as Continual World does)
+    :param reference_agent: the agent trained from scratch on each task for those references, in any form
+        ``agent`` takes (default: ``agent``; a benchmark gives every agent the same one, as Continual World does)
     :param progress: show a progress bar
     """
 
