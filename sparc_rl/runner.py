@@ -30,7 +30,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -55,6 +55,7 @@ from sparc_rl.io import (
     task_checkpoint_path,
     versions,
 )
+from sparc_rl.plugins import NoveltyBoundaryDetector
 from sparc_rl.ppo import SparcPPO
 from sparc_rl.reporting import learning_curve_figure, retention_figure, write_report
 from sparc_rl.snapshot import load_snapshot, restore_snapshot, save_snapshot, snapshot_path
@@ -569,6 +570,10 @@ class ContinualRunner:
             if last and announced and isinstance(model, SparcPPO):
                 consolidated = model.end_task(consolidate=self.agent.consolidate)
                 logger.record(f"sparc/consolidated/{task.name}", float(consolidated))
+            elif last and stage == len(self.curriculum.tasks) - 1 and _detects_boundaries(model):
+                # training is over, which tells nothing of tasks: the skill being learned is closed as a
+                # detected boundary would close it, or nothing would protect the last task
+                logger.record(f"sparc/consolidated/{task.name}", float(model.close_skill()))
             scores, diagnostics = self._evaluate_all(model)
             success = [scores[name].success_rate for name in self.curriculum.task_names]
             self.state.history.append((stage, point, success))
@@ -705,6 +710,10 @@ def _add_retention_charts(logger: Logger) -> None:
     for output in logger.output_formats:
         if isinstance(output, TensorBoardOutputFormat):
             output.writer.add_custom_scalars(layout)
+
+
+def _detects_boundaries(model: BaseAlgorithm) -> TypeGuard[SparcPPO]:
+    return isinstance(model, SparcPPO) and any(isinstance(plugin, NoveltyBoundaryDetector) for plugin in model.plugins)
 
 
 def _rollout_size(model: BaseAlgorithm) -> int:

@@ -94,7 +94,8 @@ def test_hidden_boundaries_are_not_announced_and_sparc_detects_them_itself(tmp_p
     assert runner.model.current_task is None  # never told
     assert [type(p) for p in runner.model.plugins] == [NoveltyBoundaryDetector]
     detector = runner.model.plugins[0]
-    assert int(runner.model.policy.actor_core.n_consolidations) == detector.detected
+    # each detected boundary, and the end of training, closed a skill (this tiny agent writes every one)
+    assert int(runner.model.policy.actor_core.n_consolidations) == detector.detected + 1
 
 
 def test_reference_runs_give_forward_transfer_and_are_cached(tmp_path, monkeypatch):
