@@ -240,7 +240,8 @@ class SparcPPO(PPO):
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
-                self._last_state = new_state
+                # the envs have taken this step: the next learn() continues from where they are
+                self._last_obs, self._last_episode_starts, self._last_state = new_obs, dones, new_state  # type: ignore[assignment]
                 return False
             self._update_info_buffer(infos, dones)
             self._skill_episodes += int(np.sum(dones))
