@@ -176,7 +176,9 @@ class NoveltyBoundaryDetector(ContinualPlugin):
     under the running statistics of the current segment than the segment's own rollouts were, the
     old task's skill is closed as an announced boundary closes it (:meth:`SparcPPO.close_skill`:
     written into memory from the previous rollout, which still belongs to the old task, if it was
-    learned; the plastic path restarts either way) before training on the new data.
+    learned; the plastic path restarts either way) before training on the new data. The new data's
+    task then starts as an announced one does (:meth:`SparcPPO.start_task`, named ``segment-N``): with
+    ``transfer_episodes``, the next rollout begins by trying the restart and every stored skill on it.
 
     :param threshold: rise of :func:`rollout_novelty` over the segment's running baseline, in nats per
         input dimension, that counts as a new task
@@ -220,6 +222,8 @@ class NoveltyBoundaryDetector(ContinualPlugin):
         ):
             self.detected += 1
             model.close_skill(previous)
+            # the new task starts as an announced one does: from the best of the stored skills and a restart
+            model.start_task(f"segment-{self.detected}")
             self.segment, self.rollouts_in_segment = None, 0
         m = self.momentum
         if self.segment is None:

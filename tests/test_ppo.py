@@ -227,7 +227,7 @@ class _ShiftedObservations:
         return Shifted()
 
 
-def _trained_with_detector():
+def _trained_with_detector(transfer_episodes: int | None = None):
     """A SPARC model with a novelty detector, trained on the first hidden task (observations near 0)."""
     from sparc_rl.plugins import NoveltyBoundaryDetector
 
@@ -237,6 +237,7 @@ def _trained_with_detector():
         DummyVecEnv([_ShiftedObservations(0.0)] * 2),
         plugins=[detector],
         seed=0,
+        transfer_episodes=transfer_episodes,
         policy_kwargs=dict(hidden_size=16, n_slots=4),
         **SMALL,
     )
@@ -252,6 +253,19 @@ def test_novelty_detector_consolidates_once_when_hidden_task_changes():
     assert detector.detected == 1 and int(model.policy.actor_core.n_filled) == 1
     # the slot's key describes the old task (centred on 0), not the new one
     assert float(model.policy.actor_core.key_mean[0, :3].abs().max()) < 1.0
+
+
+def test_a_detected_task_starts_from_the_best_of_the_stored_skills_and_a_restart(monkeypatch):
+    """As at an announced boundary: the first rollout after the detection tries every start first."""
+    detector, model = _trained_with_detector(transfer_episodes=2)
+    assert model.current_task is None
+    trials = []
+    choose = model._choose_start
+    monkeypatch.setattr(model, "_choose_start", lambda env: trials.append(model.current_task) or choose(env))
+    model.set_env(DummyVecEnv([_ShiftedObservations(5.0)] * 2))
+    model.learn(64 * 6, reset_num_timesteps=False)
+    assert detector.detected == 1 and model._stored_skills == [(0, 0)]
+    assert trials == ["segment-1"] and model.current_task == "segment-1"
 
 
 def test_novelty_detector_closes_an_unlearned_skill_as_end_task_does(monkeypatch):
@@ -768,3 +782,36 @@ def test_target_kl_stops_an_update_early_and_clip_range_vf_bounds_the_value_chan
     clipped = SparcPPO("MlpSparcPolicy", masked_cartpole(), seed=0, clip_range_vf=1e-3, **settings).learn(64)
     free = SparcPPO("MlpSparcPolicy", masked_cartpole(), seed=0, clip_range_vf=None, **settings).learn(64)
     assert clipped.logger.name_to_value["train/value_loss"] != free.logger.name_to_value["train/value_loss"]
+
+
+class _StepCounter(gym.Env):
+    """Observes how many steps its episode has run."""
+
+    observation_space = spaces.Box(0.0, 100.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([self.t], np.float32), 0.0, False, self.t >= 50, {}
+
+
+def test_a_callback_that_stops_training_leaves_the_model_where_the_envs_are():
+    """The next learn() must continue from the envs' last observation, which the state already follows."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class StopAtThirdStep(BaseCallback):
+        def _on_step(self) -> bool:
+            return self.n_calls < 3
+
+    model = SparcPPO(
+        "MlpSparcPolicy", DummyVecEnv([_StepCounter] * 2), seed=0, policy_kwargs=dict(hidden_size=8), **SMALL
+    )
+    model.learn(64, callback=StopAtThirdStep())
+    assert model.num_timesteps == 6
+    np.testing.assert_array_equal(model._last_obs, [[3.0], [3.0]])
+    assert not model._last_episode_starts.any()
