@@ -815,3 +815,22 @@ def test_a_callback_that_stops_training_leaves_the_model_where_the_envs_are():
     assert model.num_timesteps == 6
     np.testing.assert_array_equal(model._last_obs, [[3.0], [3.0]])
     assert not model._last_episode_starts.any()
+
+
+def test_rollout_novelty_is_the_kl_divergence_both_ways_and_sees_features_vanish():
+    from sparc_rl.plugins import rollout_novelty
+
+    mean, var, other_mean, other_var = (
+        th.tensor([0.0, 1.0]),
+        th.tensor([1.0, 0.5]),
+        th.tensor([0.5, 1.0]),
+        th.tensor([2.0, 0.5]),
+    )
+    there = th.distributions.Normal(mean, var.sqrt())
+    back = th.distributions.Normal(other_mean, other_var.sqrt())
+    expected = (th.distributions.kl_divergence(there, back) + th.distributions.kl_divergence(back, there)).mean()
+    assert rollout_novelty(mean, var, other_mean, other_var) == pytest.approx(float(expected), rel=1e-5)
+    # a tile that is sometimes there (the old segment) and then never (the new rollout)
+    segment = (th.tensor([0.1]), th.tensor([0.09]))
+    vanished = (th.tensor([0.0]), th.tensor([1e-3]))  # the detector's variance floor
+    assert rollout_novelty(*vanished, *segment) > 1.0 and rollout_novelty(*segment, *segment) == 0.0
