@@ -164,9 +164,7 @@ class BehaviourCloning(ContinualPlugin):
         return self.strength * distillation_loss(student, flat(teacher))
 
 
-def rollout_novelty(
-    mean: th.Tensor, var: th.Tensor, segment_mean: th.Tensor, segment_var: th.Tensor
-) -> float:
+def rollout_novelty(mean: th.Tensor, var: th.Tensor, segment_mean: th.Tensor, segment_var: th.Tensor) -> float:
     """Jeffreys divergence (the KL divergences both ways, summed) per input dimension, in nats, between
     a rollout's diagonal Gaussian and the current segment's. Both directions count: a task whose inputs
     lose features (tiles that vanish) still fits the old segment's wider Gaussian, so the old
@@ -178,9 +176,9 @@ def rollout_novelty(
 
 
 class NoveltyBoundaryDetector(ContinualPlugin):
-    """The *detect* stage for hidden boundaries: when a rollout's features are much less likely
-    under the running statistics of the current segment than the segment's own rollouts were, the
-    old task's skill is closed as an announced boundary closes it (:meth:`SparcPPO.close_skill`:
+    """The *detect* stage for hidden boundaries: when a rollout's features differ from the running
+    statistics of the current segment (:func:`rollout_novelty`) much more than the segment's own
+    rollouts did, the old task's skill is closed as an announced boundary closes it (:meth:`SparcPPO.close_skill`:
     written into memory from the previous rollout, which still belongs to the old task, if it was
     learned; the plastic path restarts either way) before training on the new data. The new data's
     task then starts as an announced one does (:meth:`SparcPPO.start_task`, named ``segment-N``): with
