@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch as th
 from gymnasium import spaces
+from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F
 
 from sparc_rl.errors import ConfigError
@@ -169,10 +170,8 @@ def rollout_novelty(mean: th.Tensor, var: th.Tensor, segment_mean: th.Tensor, se
     a rollout's diagonal Gaussian and the current segment's. Both directions count: a task whose inputs
     lose features (tiles that vanish) still fits the old segment's wider Gaussian, so the old
     segment's likelihood alone misses it."""
-    squared_gap = (mean - segment_mean).pow(2)
-    there = var / segment_var + squared_gap / segment_var
-    back = segment_var / var + squared_gap / var
-    return float(0.5 * (there + back - 2).mean())
+    rollout, segment = Normal(mean, var.sqrt()), Normal(segment_mean, segment_var.sqrt())
+    return float((kl_divergence(rollout, segment) + kl_divergence(segment, rollout)).mean())
 
 
 class NoveltyBoundaryDetector(ContinualPlugin):
