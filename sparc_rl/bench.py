@@ -20,9 +20,8 @@ from minigrid.wrappers import ImgObsWrapper
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm import tqdm
 
-from sparc_rl import metrics as metric_fns
 from sparc_rl.agents import load_agent
-from sparc_rl.curriculum import load_curriculum
+from sparc_rl.curriculum import Curriculum, load_curriculum
 from sparc_rl.errors import CheckpointError, ConfigError, SparcError
 from sparc_rl.io import atomic_write_text, versions
 from sparc_rl.metrics import bootstrap_ci
@@ -37,16 +36,13 @@ class BenchJob:
     run_dir: str
     steps_per_task: int | None
     eval_episodes: int | None
-    reference: bool
-    reference_agent: str | None = None
-    #: set for a job that only trains the reference agent on this task (for the runs' forward transfer)
+    #: set for a job that only trains ``agent`` from scratch on this task (a reference for forward transfer)
     reference_task: int | None = None
 
 
 def _start_early(agent: str) -> tuple[bool, bool]:
-    """Sort key that starts the external RecurrentPPO and agents with plugins (rehearsal, EWC) right
-    after the references, before the plain agents: a slow run started last would leave the other
-    cores idle at the end."""
+    """Sort key that starts the external RecurrentPPO and agents with plugins (rehearsal, EWC) before
+    the plain agents: a slow run started last would leave the other cores idle at the end."""
     spec = load_agent(agent)
     return spec.algorithm != "sparc-ppo", bool(spec.plugins)
 
@@ -90,8 +86,6 @@ def _runner(job: BenchJob) -> ContinualRunner:
         seed=job.seed,
         run_dir=job.run_dir,
         eval_episodes=job.eval_episodes,
-        reference=job.reference,
-        reference_agent=job.reference_agent,
         progress=False,
         command="sparc-rl bench",
     )
@@ -107,18 +101,11 @@ def _run_one(job: BenchJob) -> dict[str, Any]:
     if job.reference_task is not None:
         return {"reference_task": job.reference_task, "seed": job.seed, "auc": runner.reference_auc(job.reference_task)}
     result, reused = _reuse_or_run(runner)
-    metrics = result.metrics
-    if job.reference:  # the same references for every run, also for runs reused from an earlier bench
-        metrics = {
-            "tasks": result.tasks,
-            "matrix": result.matrix,
-            **metric_fns.summarise(result.matrix, result.history, runner.reference_aucs()),
-        }
     return {
         "agent": job.agent,
         "seed": job.seed,
         "run_dir": str(result.run_dir),
-        "metrics": metrics,
+        "metrics": result.metrics,
         "wall_time_s": result.wall_time_s,
         "env_steps": result.env_steps,
         "history": result.history,
@@ -175,6 +162,16 @@ def machine_speed(seconds: float = 2.0, n_envs: int = 8) -> float:
     return steps / elapsed
 
 
+def _first_of_kind(curriculum: Curriculum) -> list[int]:
+    """For each task, the index of the first task with the same settings (a returning task shares its
+    single-task reference)."""
+    seen: dict[str, int] = {}
+    return [
+        seen.setdefault(json.dumps({k: v for k, v in task.items() if k != "name"}, sort_keys=True), index)
+        for index, task in enumerate(curriculum.to_dict()["tasks"])
+    ]
+
+
 def _plasticity(metrics: dict[str, Any]) -> float:
     """Fraction of tasks whose own-stage score reached the threshold."""
     steps = metrics.get("plasticity_steps_to_threshold") or []
@@ -197,8 +194,10 @@ def run_bench(
 
     Forward transfer compares every agent with the same single-task references: ``reference_agent``
     (default: the first agent) trained from scratch on each distinct task, per seed. Those runs are
-    scheduled first and cached, so the agents' runs find them ready. ``progress`` shows a bar of
-    finished runs (references included) on stderr."""
+    the shortest, so they are scheduled last, longest first, to fill the cores while the last agent
+    runs finish; each run's forward transfer is measured when all have finished, and written to its
+    ``metrics.json`` and ``report.md``. ``progress`` shows a bar of finished runs (references included)
+    on stderr."""
     if not agents:
         raise ConfigError("--agents names no agent: give a comma-separated list, e.g. sparc,lstm.")
     if seeds < 1:
@@ -219,30 +218,8 @@ def run_bench(
     for agent in [*agents, reference_agent]:
         load_agent(agent)  # fail fast on a bad name, before any training
     jobs = jobs or max(1, min(os.cpu_count() or 1, len(agents) * seeds))
-    common = dict(
-        curriculum=curriculum,
-        steps_per_task=steps_per_task,
-        eval_episodes=eval_episodes,
-        reference=reference,
-        reference_agent=reference_agent,
-    )
-    work = []
-    if reference:
-        distinct: dict[str, int] = {}
-        for index, task in enumerate(loaded.to_dict()["tasks"]):
-            distinct.setdefault(json.dumps({k: v for k, v in task.items() if k != "name"}, sort_keys=True), index)
-        work += [
-            BenchJob(
-                agent=reference_agent,
-                seed=seed,
-                run_dir=str(out_dir / "runs" / f"reference-seed{seed}"),
-                reference_task=index,
-                **common,  # type: ignore[arg-type]
-            )
-            for seed in range(seeds)
-            for index in distinct.values()
-        ]
-    work += [
+    common = dict(curriculum=curriculum, steps_per_task=steps_per_task, eval_episodes=eval_episodes)
+    work = [
         BenchJob(
             agent=agent,
             seed=seed,
@@ -252,6 +229,20 @@ def run_bench(
         for agent in sorted(agents, key=_start_early, reverse=True)
         for seed in range(seeds)
     ]
+    first_of_kind = _first_of_kind(loaded)
+    if reference:
+        by_budget = sorted(set(first_of_kind), key=lambda index: loaded.tasks[index].steps, reverse=True)
+        work += [
+            BenchJob(
+                agent=reference_agent,
+                seed=seed,
+                run_dir=str(out_dir / "runs" / f"reference-seed{seed}"),
+                reference_task=index,
+                **common,  # type: ignore[arg-type]
+            )
+            for index in by_budget
+            for seed in range(seeds)
+        ]
     checked: set[str] = set()
     for job in work:  # before any training
         runner = _runner(job)
@@ -292,7 +283,16 @@ def run_bench(
                 for result in pool.imap(_run_job, work, chunksize=1):
                     collect(result)
     failed = [r for r in results if "error" in r]
+    references = {(r["seed"], r["reference_task"]): r["auc"] for r in results if "reference_task" in r}
     results = [r for r in results if "error" not in r and "reference_task" not in r]
+    if reference:
+        agent_jobs = {(job.agent, job.seed): job for job in work if job.reference_task is None}
+        for result in results:
+            keys = [(result["seed"], index) for index in first_of_kind]
+            if all(key in references for key in keys):  # a failed reference is reported with the failed runs
+                runner = _runner(agent_jobs[result["agent"], result["seed"]])
+                aucs = [references[key] for key in keys]
+                result["metrics"] = runner.record_forward_transfer(RunResult.load(runner.run_dir), aucs)
     rows = summarise_results(results, [Path(a).stem for a in agents])
     write_tables(
         out_dir,

@@ -27,6 +27,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -664,6 +665,20 @@ class ContinualRunner:
             curve.append((done, score))
         env.close()
         return curve
+
+    def record_forward_transfer(self, result: RunResult, reference_aucs: Sequence[float]) -> dict[str, Any]:
+        """The metrics of this finished run with its forward transfer against references trained
+        elsewhere (one AUC per task, as :meth:`reference_aucs` gives), written to its ``metrics.json``
+        and ``report.md``: how a benchmark measures every agent against the same references."""
+        metrics = {
+            "tasks": result.tasks,
+            "matrix": result.matrix,
+            **metric_fns.summarise(result.matrix, result.history, reference_aucs),
+            "partial": False,
+        }
+        atomic_write_json(self.run_dir / "metrics.json", _json_safe(metrics))
+        write_report(self.run_dir, self.curriculum, self.agent, self.seed, metrics, partial=False)
+        return metrics
 
     # -- outputs -------------------------------------------------------------------------------
     def _write_outputs(self, logger: Logger, partial: bool) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 import csv
 import multiprocessing
 import re
+from pathlib import Path
 
 import yaml
 
@@ -122,9 +123,20 @@ def test_an_agent_that_cannot_train_on_the_curriculum_stops_the_bench_before_any
     assert "Traceback" not in err and not out.exists()
 
 
-def test_every_agent_is_measured_against_the_same_references(tmp_path):
+def test_every_agent_is_measured_against_the_same_references(tmp_path, monkeypatch):
     import json
 
+    from sparc_rl.runner import ContinualRunner
+
+    trained = []  # references are the shortest jobs: they come last, to fill the cores at the end
+    for method in ("run", "_train_reference"):
+        original = getattr(ContinualRunner, method)
+
+        def spy(self, *args, _original=original, _method=method):
+            trained.append(_method if _method == "run" else self.curriculum.tasks[args[1]].name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(ContinualRunner, method, spy)
     data = tiny_curriculum_dict()
     data["tasks"].append({**data["tasks"][0], "name": "short-again"})  # a returning task: no new reference
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
@@ -147,6 +159,12 @@ def test_every_agent_is_measured_against_the_same_references(tmp_path):
     references = [r["metrics"]["reference_auc"] for r in results]
     assert references[0] == references[1] and len(references[0]) == 3 and references[0][0] == references[0][2]
     assert all(r["metrics"]["forward_transfer"] is not None for r in results)
+    assert trained[:2] == ["run", "run"] and sorted(trained[2:]) == ["reversed", "short"]  # each reference once
+    for result in results:  # each run's own files carry the forward transfer measured after the references
+        run_dir = Path(result["run_dir"])
+        assert json.loads((run_dir / "metrics.json").read_text()) == result["metrics"]
+        report = (run_dir / "report.md").read_text()
+        assert f"| forward transfer | {result['metrics']['forward_transfer']:.3f} |" in report
     table = (out / "results.md").read_text()
     assert "against `tiny-lstm` trained from scratch" in table
     assert "--eval-episodes 2 --reference-agent" in table
