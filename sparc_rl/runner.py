@@ -668,8 +668,8 @@ class ContinualRunner:
 
     def record_forward_transfer(self, result: RunResult, reference_aucs: Sequence[float]) -> dict[str, Any]:
         """The metrics of this finished run with its forward transfer against references trained
-        elsewhere (one AUC per task, as :meth:`reference_aucs` gives), written to its ``metrics.json``
-        and ``report.md``: how a benchmark measures every agent against the same references."""
+        elsewhere (one AUC per task, as :meth:`reference_aucs` gives), written to its ``metrics.json``,
+        ``report.md`` and TensorBoard: how a benchmark measures every agent against the same references."""
         metrics = {
             "tasks": result.tasks,
             "matrix": result.matrix,
@@ -678,6 +678,10 @@ class ContinualRunner:
         }
         atomic_write_json(self.run_dir / "metrics.json", _json_safe(metrics))
         write_report(self.run_dir, self.curriculum, self.agent, self.seed, metrics, partial=False)
+        logger = Logger(folder=None, output_formats=[TensorBoardOutputFormat(str(self.run_dir / "tb"))])
+        logger.record("continual/forward_transfer", metrics["forward_transfer"])
+        logger.dump(result.env_steps)  # at the run's last step, as its other end-of-run metrics
+        logger.close()
         return metrics
 
     # -- outputs -------------------------------------------------------------------------------

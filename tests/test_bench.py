@@ -3,7 +3,9 @@ import multiprocessing
 import re
 from pathlib import Path
 
+import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sparc_rl.cli import main
 from tests.conftest import tiny_agent_data, tiny_curriculum_dict
@@ -165,6 +167,11 @@ def test_every_agent_is_measured_against_the_same_references(tmp_path, monkeypat
         assert json.loads((run_dir / "metrics.json").read_text()) == result["metrics"]
         report = (run_dir / "report.md").read_text()
         assert f"| forward transfer | {result['metrics']['forward_transfer']:.3f} |" in report
+        events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+        events.Reload()
+        [logged] = events.Scalars("continual/forward_transfer")
+        assert logged.step == result["env_steps"]
+        assert logged.value == pytest.approx(result["metrics"]["forward_transfer"])
     table = (out / "results.md").read_text()
     assert "against `tiny-lstm` trained from scratch" in table
     assert "--eval-episodes 2 --reference-agent" in table
