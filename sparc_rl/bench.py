@@ -18,6 +18,7 @@ import numpy as np
 import torch as th
 from minigrid.wrappers import ImgObsWrapper
 from stable_baselines3.common.vec_env import DummyVecEnv
+from torch import nn
 from tqdm import tqdm
 
 from sparc_rl.agents import load_agent
@@ -162,6 +163,42 @@ def machine_speed(seconds: float = 2.0, n_envs: int = 8) -> float:
     return steps / elapsed
 
 
+def training_speed(seconds: float = 2.0) -> float:
+    """How fast this machine trains small recurrent networks, the yardstick :func:`machine_speed` misses:
+    most of a bench's run time is PPO updates, and two draws of one machine type that stepped envs
+    about as fast (7544 and 7098 steps/s) ran lstm-ewc through minigrid-skills in 420 and 316 s
+    (seed 0, 2026-12-01). Updates per second of stock torch on one thread (as the bench's runs use),
+    each a forward and backward pass of a GRU cell (980 inputs, minigrid-skills' one-hot views; hidden
+    64) unrolled over 16 steps of 16 sequences, and an Adam step. Stock torch, not this package's
+    cores, so the number does not move with this code."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    try:
+        with th.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            th.manual_seed(0)
+            cell = nn.GRUCell(980, 64)
+            inputs = (th.rand(16, 16, 980) < 0.15).float()
+        optimizer = th.optim.Adam(cell.parameters(), lr=1e-4)
+
+        def update() -> None:
+            hidden = th.zeros(16, 64)
+            for step_inputs in inputs:
+                hidden = cell(step_inputs, hidden)
+            optimizer.zero_grad()
+            hidden.pow(2).mean().backward()
+            optimizer.step()
+
+        for _ in range(5):  # warm-up
+            update()
+        updates, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            update()
+            updates += 1
+        return updates / elapsed
+    finally:
+        th.set_num_threads(threads)
+
+
 def _first_of_kind(curriculum: Curriculum) -> list[int]:
     """For each task, the index of the first task with the same settings (a returning task shares its
     single-task reference)."""
@@ -261,7 +298,7 @@ def run_bench(
             f"Cannot use {str(out_dir)!r} as the bench's --out folder: {error.strerror or error}."
         ) from None
     started = time.time()
-    speed = machine_speed()  # on idle cores, before the runs start
+    speed, update_speed = machine_speed(), training_speed()  # on idle cores, before the runs start
     results: list[dict[str, Any]] = []
     shown: set[tuple[str, str]] = set()
     with tqdm(total=len(work), unit="run", desc="bench", disable=not progress, dynamic_ncols=True) as bar:
@@ -309,6 +346,7 @@ def run_bench(
         jobs=jobs,
         reused=sum(bool(r.get("reused")) for r in results),
         machine_steps_per_s=speed,
+        machine_updates_per_s=update_speed,
     )
     if results:
         plot_results(out_dir, results, loaded.task_names)
@@ -355,6 +393,7 @@ def write_tables(
     jobs: int = 1,
     reused: int = 0,
     machine_steps_per_s: float = float("nan"),
+    machine_updates_per_s: float = float("nan"),
 ) -> None:
     info = versions()
     command = f"sparc-rl bench --curriculum {curriculum} --agents {','.join(agents)} --seeds {seeds}"
@@ -381,7 +420,8 @@ def write_tables(
         f"Bench wall time: {elapsed_s / 60:.1f} min (parallel jobs: {jobs}"
         + (f"; finished runs reused from an earlier invocation: {reused})." if reused else ").")
         + f" Machine speed at the start: {machine_steps_per_s:.0f} env steps/s on stock MiniGrid DoorKey-5x5 with "
-        "random actions (8 envs; the design brief's table: about 10,000).",
+        "random actions (8 envs; the design brief's table: about 10,000), and "
+        f"{machine_updates_per_s:.0f} recurrent updates/s of stock torch on one thread (`training_speed()`).",
         "",
         "Mean and 90% bootstrap interval over seeds. Plasticity = fraction of tasks reaching 0.9 success in "
         "their own stage. No task id is given to any agent at evaluation. " + transfer,

@@ -4,9 +4,11 @@ import re
 from pathlib import Path
 
 import pytest
+import torch as th
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sparc_rl.bench import training_speed
 from sparc_rl.cli import main
 from tests.conftest import tiny_agent_data, tiny_curriculum_dict
 
@@ -44,6 +46,8 @@ def test_bench_compares_agents_over_seeds(tmp_path, capsys):
     assert "--seeds 2 --no-reference`" in table  # the command that reproduces it
     speed = re.search(r"Machine speed at the start: (\d+) env steps/s on stock MiniGrid DoorKey-5x5", table)
     assert speed and int(speed.group(1)) > 100  # the yardstick for comparing wall times across machines
+    updates = re.search(r"and (\d+) recurrent updates/s of stock torch on one thread", table)
+    assert updates and int(updates.group(1)) > 1  # the yardstick for the training that dominates a run
     rows = list(csv.DictReader((out / "results.csv").open()))
     metrics = {(r["agent"], r["metric"]) for r in rows}
     assert ("tiny-sparc", "forgetting") in metrics and ("tiny-lstm", "env_steps_per_s") in metrics
@@ -273,3 +277,17 @@ def test_a_warning_every_run_gives_is_printed_once(tmp_path, capsys):
     assert len(warned) == 2, warned  # one per task, not one per task and run
     assert "Task 'first' (CartPole-v1) reports no info['is_success']" in warned[0]
     assert "Task 'second' (CartPole-v1)" in warned[1]
+
+
+def test_the_training_yardstick_leaves_the_callers_threads_and_random_state_alone() -> None:
+    threads = th.get_num_threads()
+    th.set_num_threads(3)
+    try:
+        th.manual_seed(7)
+        expected = th.rand(3)
+        th.manual_seed(7)
+        assert training_speed(seconds=0.2) > 1
+        assert th.get_num_threads() == 3
+        assert th.equal(th.rand(3), expected)
+    finally:
+        th.set_num_threads(threads)
