@@ -445,9 +445,6 @@ class ContinualRunner:
                 f"evaluated once: {', '.join(short)}.",
                 stacklevel=2,
             )
-        if not self._resuming:
-            atomic_write_json(self.run_dir / "config.json", self._config())
-            self._save_state(model)  # the first commit, of nothing trained yet: a stop before the next resumes
         logger = configure(str(self.run_dir / "tb"), ["tensorboard"])
         _add_retention_charts(logger)
         model.set_logger(logger)
@@ -455,6 +452,11 @@ class ContinualRunner:
         total = sum(task.steps for task in self.curriculum.tasks)
         done_before = sum(t.steps for t in self.curriculum.tasks[: self.state.stage]) + self.state.steps_in_stage
         bar = tqdm(total=total, initial=done_before, disable=not self.progress, unit="step", dynamic_ncols=True)
+        if not self._resuming:
+            atomic_write_json(self.run_dir / "config.json", self._config())
+            # the first commit, of nothing trained yet: a stop after it resumes. Right before the try, so
+            # a Ctrl-C once state.json exists always gets the final checkpoint and the partial report.
+            self._save_state(model)
         try:
             for stage in range(self.state.stage, len(self.curriculum.tasks)):
                 self._run_stage(stage, model, logger, bar)

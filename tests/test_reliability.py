@@ -411,6 +411,22 @@ def test_ctrl_c_writes_a_final_checkpoint_and_a_partial_report(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["partial"] is False
 
 
+@pytest.mark.parametrize("where", ["configure", "tqdm"])
+def test_a_ctrl_c_that_leaves_a_commit_also_leaves_the_final_checkpoint(tmp_path, monkeypatch, where):
+    """A Ctrl-C while the run sets up its logger and bar: either nothing is committed yet, or the stop
+    gets what the message promises (once state.json existed before the logger: a race in CI)."""
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"sparc_rl.runner.{where}", interrupt)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _run_of(tiny_agent_data("lstm"), run_dir).run()
+    if (run_dir / "state.json").exists():
+        assert (run_dir / "checkpoints" / "interrupted.zip").is_file()
+
+
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
 def test_files_written_through_a_temporary_file_get_the_usual_permissions(tmp_path, umask, mode):
     """Not mkstemp's owner-only 0o600 whatever the umask: a teammate or a shared TensorBoard may read runs."""
