@@ -671,14 +671,20 @@ class ContinualRunner:
     def record_forward_transfer(self, result: RunResult, reference_aucs: Sequence[float]) -> dict[str, Any]:
         """The metrics of this finished run with its forward transfer against references trained
         elsewhere (one AUC per task, as :meth:`reference_aucs` gives), written to its ``metrics.json``,
-        ``report.md`` and TensorBoard: how a benchmark measures every agent against the same references."""
+        ``report.md`` and TensorBoard: how a benchmark measures every agent against the same references.
+        A run whose ``metrics.json`` already holds these metrics (a bench run again) is left as it is."""
         metrics = {
             "tasks": result.tasks,
             "matrix": result.matrix,
             **metric_fns.summarise(result.matrix, result.history, reference_aucs),
             "partial": False,
         }
-        atomic_write_json(self.run_dir / "metrics.json", _json_safe(metrics))
+        metrics_path = self.run_dir / "metrics.json"
+        with contextlib.suppress(OSError, ValueError):
+            recorded = json.loads(metrics_path.read_text())
+            if recorded == json.loads(json.dumps(_json_safe(metrics))):
+                return recorded  # an earlier bench recorded it: TensorBoard would show the point twice
+        atomic_write_json(metrics_path, _json_safe(metrics))
         write_report(self.run_dir, self.curriculum, self.agent, self.seed, metrics, partial=False)
         logger = Logger(folder=None, output_formats=[TensorBoardOutputFormat(str(self.run_dir / "tb"))])
         logger.record("continual/forward_transfer", metrics["forward_transfer"])

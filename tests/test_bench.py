@@ -207,6 +207,15 @@ def test_a_rerun_reuses_finished_runs_and_adds_agents_and_references(tmp_path):
     assert "| tiny-sparc | 1 |" in table and "| tiny-lstm | 1 |" in table
     assert "(parallel jobs: 1; finished runs reused from an earlier invocation: 1)" in table
 
+    # a third time, nothing new: each run's forward transfer stays one TensorBoard point
+    assert main(["bench", "--agents", f"{sparc},{lstm}", *common, "--out", str(out)]) == 0
+    again = {r["agent"]: r for r in json.loads((out / "results.json").read_text())}
+    assert {a: r["metrics"] for a, r in again.items()} == {a: r["metrics"] for a, r in results.items()}
+    for result in results.values():
+        events = EventAccumulator(str(Path(result["run_dir"]) / "tb"), size_guidance={"scalars": 0})
+        events.Reload()
+        assert len(events.Scalars("continual/forward_transfer")) == 1
+
 
 def test_a_bench_folder_holding_other_runs_is_refused_before_training(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_curriculum_dict()))
