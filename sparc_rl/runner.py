@@ -679,12 +679,11 @@ class ContinualRunner:
             **metric_fns.summarise(result.matrix, result.history, reference_aucs),
             "partial": False,
         }
-        metrics_path = self.run_dir / "metrics.json"
+        metrics_path, stored = self.run_dir / "metrics.json", _json_safe(metrics)
         with contextlib.suppress(OSError, ValueError):
-            recorded = json.loads(metrics_path.read_text())
-            if recorded == json.loads(json.dumps(_json_safe(metrics))):
-                return recorded  # an earlier bench recorded it: TensorBoard would show the point twice
-        atomic_write_json(metrics_path, _json_safe(metrics))
+            if json.loads(metrics_path.read_text()) == json.loads(json.dumps(stored)):
+                return metrics  # an earlier bench recorded it: TensorBoard would show the point twice
+        atomic_write_json(metrics_path, stored)
         write_report(self.run_dir, self.curriculum, self.agent, self.seed, metrics, partial=False)
         logger = Logger(folder=None, output_formats=[TensorBoardOutputFormat(str(self.run_dir / "tb"))])
         logger.record("continual/forward_transfer", metrics["forward_transfer"])
