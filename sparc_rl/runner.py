@@ -672,18 +672,17 @@ class ContinualRunner:
         """The metrics of this finished run with its forward transfer against references trained
         elsewhere (one AUC per task, as :meth:`reference_aucs` gives), written to its ``metrics.json``,
         ``report.md`` and TensorBoard: how a benchmark measures every agent against the same references.
-        A run whose ``metrics.json`` already holds these metrics (a bench run again) is left as it is."""
+        A run whose ``metrics.json`` (``result.metrics``) already holds them (a bench run again) is left as it is."""
         metrics = {
             "tasks": result.tasks,
             "matrix": result.matrix,
             **metric_fns.summarise(result.matrix, result.history, reference_aucs),
             "partial": False,
         }
-        metrics_path, stored = self.run_dir / "metrics.json", _json_safe(metrics)
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(metrics_path.read_text()) == json.loads(json.dumps(stored)):
-                return metrics  # an earlier bench recorded it: TensorBoard would show the point twice
-        atomic_write_json(metrics_path, stored)
+        stored = _json_safe(metrics)
+        if result.metrics == json.loads(json.dumps(stored)):
+            return metrics  # an earlier bench recorded it: TensorBoard would show the point twice
+        atomic_write_json(self.run_dir / "metrics.json", stored)
         write_report(self.run_dir, self.curriculum, self.agent, self.seed, metrics, partial=False)
         logger = Logger(folder=None, output_formats=[TensorBoardOutputFormat(str(self.run_dir / "tb"))])
         logger.record("continual/forward_transfer", metrics["forward_transfer"])
