@@ -222,8 +222,8 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         actor_state, critic_state = self._split_state(state)
         latent_pi, actor_state = self.actor_core.step(features, actor_state)
         latent_vf, critic_state = self.critic_core.step(features, critic_state)
-        _check_finite(actor_state)
-        _check_finite(critic_state)
+        state = th.cat([actor_state, critic_state], dim=1)
+        _check_finite(state)
         latent_pi = self.mlp_extractor.forward_actor(latent_pi)
         latent_vf = self.mlp_extractor.forward_critic(latent_vf)
         distribution = self._get_action_dist_from_latent(latent_pi)
@@ -231,7 +231,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
         log_prob = distribution.log_prob(actions)
         values = self.value_net(latent_vf)
         actions = actions.reshape((-1, *self.action_space.shape))  # type: ignore[misc]
-        return actions, values, log_prob, th.cat([actor_state, critic_state], dim=1)
+        return actions, values, log_prob, state
 
     def predict_values_step(self, obs: PyTorchObs, state: th.Tensor, episode_start: th.Tensor) -> th.Tensor:
         """Critic value of ``obs`` given the state before it."""

@@ -827,3 +827,58 @@ def test_rollout_novelty_is_the_kl_divergence_both_ways_and_sees_features_vanish
     segment = (th.tensor([0.1]), th.tensor([0.09]))
     vanished = (th.tensor([0.0]), th.tensor([1e-3]))  # the detector's variance floor
     assert rollout_novelty(*vanished, *segment) > 1.0 and rollout_novelty(*segment, *segment) == 0.0
+
+
+def test_torchs_distribution_checks_are_off_while_learning_and_predicting_and_restored_after():
+    from stable_baselines3.common.callbacks import BaseCallback
+    from torch.distributions import Distribution
+
+    seen: list[bool] = []
+
+    class RecordChecks(BaseCallback):
+        def _on_step(self) -> bool:
+            seen.append(Distribution._validate_args)
+            return True
+
+    model = small_model()
+    checking = Distribution._validate_args
+    model.learn(64, callback=RecordChecks())
+    assert seen and not any(seen)
+    assert Distribution._validate_args == checking
+    Distribution.set_default_validate_args(True)
+    try:
+        model.predict(np.zeros((2, 2), np.float32))
+        assert Distribution._validate_args is True
+    finally:
+        Distribution.set_default_validate_args(checking)
+
+
+class _NaNObservationAfter(gym.Env):
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.full(3, np.nan if self.t > 10 else 0.5, np.float32)
+        return obs, 1.0, False, False, {}
+
+
+@pytest.mark.parametrize("core", ["sparc", "lstm", "gru"])
+def test_nan_observations_stop_with_the_recurrent_state_message_not_an_error_inside_torch(core):
+    """With torch's distribution checks off, the state check must come before any distribution is built."""
+    model = SparcPPO(
+        "MlpSparcPolicy",
+        DummyVecEnv([_NaNObservationAfter] * 2),
+        seed=0,
+        policy_kwargs=dict(core=core, hidden_size=8),
+        **SMALL,
+    )
+    with pytest.raises(FloatingPointError, match="Non-finite recurrent state"):
+        model.learn(64)
+    with pytest.raises(FloatingPointError, match="Non-finite recurrent state"):
+        model.predict(np.full((2, 3), np.nan, np.float32))
