@@ -550,9 +550,10 @@ class SparcPPO(PPO):
 @contextmanager
 def _distribution_checks_off() -> Iterator[None]:
     """Turn off torch's checks of every distribution's arguments and samples (on unless Python runs with
-    ``-O``), and restore the setting after. They cost 3-5% of SparcPPO's training time on MiniGrid, a
-    distribution per step, and what they would catch is caught where it arises: NaN or inf in the
-    recurrent state (observations, or weights after a bad update) and in PPO's loss."""
+    ``-O``), and restore the setting after. With a distribution built every step they took 1.5-2% of
+    a whole MiniGrid run in profiles (``benchmarks/results/history.md``), and what they would catch is
+    caught where it arises: NaN or inf in the recurrent state (observations, or weights after a bad
+    update) and in PPO's loss."""
     checking = Distribution._validate_args
     Distribution.set_default_validate_args(False)
     try:
