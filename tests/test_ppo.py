@@ -6,6 +6,7 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
+from torch.distributions import Distribution
 
 from sparc_rl import CnnSparcPolicy, SparcPPO
 from sparc_rl.envs import MinigridImageTask
@@ -831,7 +832,6 @@ def test_rollout_novelty_is_the_kl_divergence_both_ways_and_sees_features_vanish
 
 def test_torchs_distribution_checks_are_off_while_learning_and_predicting_and_restored_after():
     from stable_baselines3.common.callbacks import BaseCallback
-    from torch.distributions import Distribution
 
     seen: list[bool] = []
 
@@ -878,7 +878,9 @@ def test_nan_observations_stop_with_the_recurrent_state_message_not_an_error_ins
         policy_kwargs=dict(core=core, hidden_size=8),
         **SMALL,
     )
+    checking = Distribution._validate_args
     with pytest.raises(FloatingPointError, match="Non-finite recurrent state"):
         model.learn(64)
     with pytest.raises(FloatingPointError, match="Non-finite recurrent state"):
         model.predict(np.full((2, 3), np.nan, np.float32))
+    assert Distribution._validate_args == checking  # restored after the errors too
