@@ -282,7 +282,7 @@ class SparcActorCriticPolicy(ActorCriticPolicy):
                 )
         starts = np.zeros(n_envs) if episode_start is None else np.asarray(episode_start, dtype=np.float32)
         start_tensor = th.as_tensor(starts, dtype=th.float32, device=self.device).reshape(n_envs)
-        with th.no_grad():
+        with th.inference_mode():
             actions_tensor, new_state = self.act_step(obs_tensor, state_tensor, start_tensor, deterministic)
         actions = actions_tensor.cpu().numpy().reshape((-1, *(self.action_space.shape or ())))
         if isinstance(self.action_space, spaces.Box):

@@ -233,7 +233,7 @@ class SparcPPO(PPO):
         state = self._last_state
         while n_steps < n_rollout_steps:
             starts = th.as_tensor(self._last_episode_starts, dtype=th.float32, device=self.device)
-            with th.no_grad():
+            with th.inference_mode():
                 obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
                 actions, values, log_probs, new_state = self.policy.forward_step(obs_tensor, state, starts)
             actions_np = actions.cpu().numpy()
@@ -257,7 +257,7 @@ class SparcPPO(PPO):
                     and infos[idx].get("TimeLimit.truncated", False)
                 ):
                     terminal_obs = self.policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
-                    with th.no_grad():
+                    with th.inference_mode():
                         terminal_value = self.policy.predict_values_step(
                             terminal_obs, new_state[idx : idx + 1], th.zeros(1, device=self.device)
                         )[0]
@@ -275,7 +275,7 @@ class SparcPPO(PPO):
             self._last_episode_starts = dones
             state = new_state
         self._last_state = state
-        with th.no_grad():
+        with th.inference_mode():
             starts = th.as_tensor(dones, dtype=th.float32, device=self.device)
             values = self.policy.predict_values_step(obs_as_tensor(new_obs, self.device), state, starts)  # type: ignore[arg-type]
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
@@ -443,7 +443,7 @@ class SparcPPO(PPO):
         self._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
         self._last_state = self.policy.initial_state(env.num_envs)
 
-    @th.no_grad()
+    @th.inference_mode()
     def _mean_return(self, env: VecEnv, episodes: int) -> float:
         """Mean return of the current policy over the first ``episodes`` episodes it finishes on ``env``
         (stochastic actions; the steps count in ``num_timesteps``)."""

@@ -853,6 +853,30 @@ def test_torchs_distribution_checks_are_off_while_learning_and_predicting_and_re
         Distribution.set_default_validate_args(checking)
 
 
+def test_rollout_tensors_a_callback_sees_are_inference_tensors_that_a_clone_frees_for_autograd():
+    """As the README says: rollouts run under ``torch.inference_mode()``; a clone made outside it can
+    enter an autograd graph, and learning after a stopped rollout picks up the state it left."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    kept: list[th.Tensor] = []
+
+    class KeepValues(BaseCallback):
+        def _on_step(self) -> bool:
+            kept.append(self.locals["values"])
+            return len(kept) < 5
+
+    model = small_model()
+    model.learn(64, callback=KeepValues())
+    assert kept[0].is_inference() and model._last_state.is_inference()
+    weight = th.ones(1, requires_grad=True)
+    (kept[0].clone() * weight).sum().backward()
+    assert weight.grad is not None
+    with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
+        (kept[0] * weight).sum().backward()
+    model.learn(64, reset_num_timesteps=False)  # continues from the inference-mode state it left
+    assert model.num_timesteps == 10 + 64
+
+
 class _NaNObservationAfter(gym.Env):
     observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
     action_space = spaces.Discrete(2)
