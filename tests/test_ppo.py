@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -44,8 +45,6 @@ def test_recomputed_log_probs_match_rollout_before_any_update():
     model.consolidate()  # a filled slot, so memory and gate take part
     model.learn(64, reset_num_timesteps=False)
     # collect a fresh rollout without training on it
-    from stable_baselines3.common.callbacks import CallbackList
-
     callback = CallbackList([])
     callback.init_callback(model)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
@@ -689,7 +688,6 @@ def test_plugin_state_is_saved_with_the_model(tmp_path):
 
 def test_sb3s_vec_envs_wrappers_and_callbacks_work_as_with_ppo(tmp_path):
     """What an SB3 user reaches for: SubprocVecEnv, VecNormalize, EvalCallback and CheckpointCallback."""
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback, EvalCallback
     from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
 
     kwargs = {"max_steps": 40}
@@ -803,7 +801,6 @@ class _StepCounter(gym.Env):
 
 def test_a_callback_that_stops_training_leaves_the_model_where_the_envs_are():
     """The next learn() must continue from the envs' last observation, which the state already follows."""
-    from stable_baselines3.common.callbacks import BaseCallback
 
     class StopAtThirdStep(BaseCallback):
         def _on_step(self) -> bool:
@@ -831,8 +828,6 @@ def test_rollout_novelty_is_the_kl_divergence_both_ways_and_sees_features_vanish
 
 
 def test_torchs_distribution_checks_are_off_while_learning_and_predicting_and_restored_after():
-    from stable_baselines3.common.callbacks import BaseCallback
-
     seen: list[bool] = []
 
     class RecordChecks(BaseCallback):
@@ -856,8 +851,6 @@ def test_torchs_distribution_checks_are_off_while_learning_and_predicting_and_re
 def test_rollout_tensors_a_callback_sees_are_inference_tensors_that_a_clone_frees_for_autograd():
     """As the README says: rollouts run under ``torch.inference_mode()``; a clone made outside it can
     enter an autograd graph, and learning after a stopped rollout picks up the state it left."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
     kept: list[th.Tensor] = []
 
     class KeepValues(BaseCallback):
@@ -867,6 +860,8 @@ def test_rollout_tensors_a_callback_sees_are_inference_tensors_that_a_clone_free
 
     model = small_model()
     model.learn(64, callback=KeepValues())
+    stopped_at = model.num_timesteps
+    assert stopped_at == 5 * model.n_envs
     assert kept[0].is_inference() and model._last_state.is_inference()
     weight = th.ones(1, requires_grad=True)
     (kept[0].clone() * weight).sum().backward()
@@ -874,7 +869,7 @@ def test_rollout_tensors_a_callback_sees_are_inference_tensors_that_a_clone_free
     with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
         (kept[0] * weight).sum().backward()
     model.learn(64, reset_num_timesteps=False)  # continues from the inference-mode state it left
-    assert model.num_timesteps == 10 + 64
+    assert model.num_timesteps == stopped_at + 64
 
 
 class _NaNObservationAfter(gym.Env):
